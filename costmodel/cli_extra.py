@@ -1,0 +1,1 @@
+"""Extra CLI commands (book, plan, compare, roofline, ...) are registered here."""

@@ -1,0 +1,70 @@
+"""--explain: each headline number as formula = inputs = value, with its source."""
+from __future__ import annotations
+
+from .units import fmt_bytes, fmt_flops, fmt_time
+
+
+def _e(name, formula, inputs, value, source):
+    return {"name": name, "formula": formula, "inputs": inputs, "value": value, "source": source}
+
+
+def explain_train(rep, r) -> list[dict]:
+    v = rep.values
+    wl = r.wl
+    hw = r.hw
+    peak = hw.peak_flops(r.precision)
+    out = [
+        _e("params", "sum of op parameters (tied weights once)", f"{len(rep.ops)} ops", v["params"],
+           "reference implementation named in the model YAML"),
+        _e("forward_flops", "sum over ops of 2*MACs (+ elementwise)", f"batch {wl.batch}",
+           v["forward_flops"], "book 1.2.2 (2mnk per matmul); Kaplan et al. 2020"),
+        _e("backward_flops", "2x forward for matmuls, per-op rules otherwise",
+           fmt_flops(v["forward_flops"]), v["backward_flops"], "book 2.3.1; costmodel.ops module docstring"),
+    ]
+    if v.get("six_nd_flops"):
+        out.append(_e("six_nd_flops", "6 * N * tokens", f"N={v['params']:,} tokens={wl.batch * r.seq:,}",
+                      v["six_nd_flops"], "Kaplan et al. 2020 sec. 2.1; the op count adds attention "
+                      "(2*n^2*d per layer fwd) and non-matmul work, and omits nothing"))
+    out += [
+        _e("weight_bytes", "params_per_device * bytes(weight)", f"{wl.zero=} {wl.tp=} {wl.pp=}",
+           v["weight_bytes"], "ZeRO (Rajbhandari et al. 2020) sec. 3.1"),
+        _e("optimizer_bytes", f"states({wl.optimizer}) / (dp if ZeRO>=1)", f"dp={r.dp}", v["optimizer_bytes"],
+           "ZeRO sec. 3.1 (Adam: 8 B/param fp32); book 2.5.1"),
+        _e("activation_bytes", "sum of tensors saved for backward (per op) x in-flight micro-batches / pp",
+           f"recompute={wl.recompute} flash={wl.flash} micro_batch={r.micro_batch}", v["activation_bytes"],
+           "Korthikanti et al. 2022 sec. 4 (34sbh + 5as^2b per layer at 16-bit)"),
+        _e("step_time_s", "accum*(fwd+bwd+recompute)/pp + optimizer + exposed comm + bubble",
+           f"accum={r.accum} fwd={fmt_time(v['forward_time_s'])} bwd={fmt_time(v['backward_time_s'])} "
+           f"comm={fmt_time(v['exposed_comm_time_s'])} bubble={fmt_time(v['bubble_time_s'])}",
+           v["step_time_s"], "roofline per op (Williams et al. 2009); Narayanan et al. 2021"),
+        _e("mfu", "model FLOPs per step / (step time * devices * peak)",
+           f"peak={fmt_flops(peak)}/s devices={r.gpus}", v["mfu"], "PaLM (Chowdhery et al. 2022) app. B"),
+    ]
+    if v.get("train_time_s"):
+        out.append(_e("train_time_s", "steps * step_time", f"steps={v['steps']}", v["train_time_s"], "-"))
+    if v.get("cost_usd"):
+        out.append(_e("cost_usd", "device_hours * price", f"{v['device_hours']:.1f} h * "
+                      f"${v['price_usd_per_device_hour']}/h", v["cost_usd"], "hardware YAML price (source, date)"))
+    if v.get("energy_kwh"):
+        out.append(_e("energy_kwh", "device_hours * TDP * utilisation * PUE / 1000",
+                      f"TDP={hw.tdp_watts} W", v["energy_kwh"], "hardware datasheet TDP"))
+    out.append(_e("total_memory_bytes", "weights + grads + master + optimizer + activations + slack + context",
+                  ", ".join(f"{n}={fmt_bytes(b)}" for n, b in rep.memory_lines), v["total_memory_bytes"],
+                  "book 2.5.2; ZeRO sec. 3"))
+    return out
+
+
+def explain_inference(rep, r) -> list[dict]:
+    v = rep.values
+    out = [
+        _e("params", "sum of op parameters", "", v["params"], "reference implementation"),
+        _e("forward_flops", "sum over ops of 2*MACs (+ elementwise)", f"batch {r.wl.batch}", v["forward_flops"],
+           "book 1.2.2"),
+        _e("kv_cache_bytes", "2 * layers * batch * kv_heads * d_head * context * bytes", "", v["kv_cache_bytes"],
+           "book 10.6 / Pope et al. 2022"),
+        _e("forward_time_s", "sum of per-op roofline times", "", v["forward_time_s"], "Williams et al. 2009"),
+    ]
+    if v.get("decode_time_per_token_s"):
+        out.append(_e("decode_time_per_token_s", "max(sum of decode-op times, (weights + KV cache) / bandwidth)",
+                      "", v["decode_time_per_token_s"], "Pope et al. 2022 (memory-bound decoding)"))
+    return out
