@@ -292,15 +292,22 @@ def show(name, hardware, models_dir, hardware_dir):
         click.echo(f"# derived: ridge point {dt} = {hw.ridge_point(dt):.1f} FLOP/byte")
 
 
+# Commands that live in their own modules; each registers itself on `main`.
+# Add a module name here when you add a command module (costmodel/cli_<name>.py).
+EXTRA_COMMAND_MODULES = ("cli_book", "cli_validate", "cli_whatif", "cli_plan", "cli_extra")
+
+
 def _register_optional():
-    """Commands that live in their own modules (imported lazily when run)."""
-    from . import cli_extra  # noqa: F401
+    import importlib
+    for m in EXTRA_COMMAND_MODULES:
+        try:
+            importlib.import_module(f"costmodel.{m}")
+        except ModuleNotFoundError as e:
+            if e.name != f"costmodel.{m}":
+                raise
 
 
-try:
-    _register_optional()
-except ImportError:  # pragma: no cover
-    pass
+_register_optional()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,13 +22,14 @@ def breakdown(rep, detail: str = "block") -> list[dict]:
     groups: dict[str, dict] = {}
     order = []
     total_t = sum(c.count * (c.fwd_time + (c.bwd_time if train else 0)) for c in rep.ops) or 1.0
+    parents = rep.tree.parents() if detail == "block" else {}
     for c in rep.ops:
         parts = c.path.split("/")
         if detail == "op":
             key, count, kind = c.path, c.count, c.op.kind
         elif detail == "block":
-            key = "/".join(parts[:-1])
-            count, kind = None, "block"
+            key = parents.get(c.path, "/".join(parts[:-1]))
+            count, kind = None, ("block" if key != c.path else c.op.kind)
         else:
             key = parts[0]
             count, kind = None, "model"
@@ -189,7 +190,10 @@ def _fmt_int(x):
 def print_table(rep, detail: str = "block", console=None, explain: bool = False):
     from rich.console import Console
     from rich.table import Table
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=120)
     t = Table(title=_title(rep), show_header=False, title_justify="left", box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -202,7 +206,7 @@ def print_table(rep, detail: str = "block", console=None, explain: bool = False)
         for c, j in (("name", "left"), ("count", "right"), ("FLOPs", "right"), ("bytes", "right"),
                      ("params", "right"), ("time", "right"), ("share", "right"), ("FLOP/B", "right"),
                      ("bound", "left")):
-            b.add_column(c, justify=j, no_wrap=(c != "name"), overflow="fold")
+            b.add_column(c, justify=j, no_wrap=(c != "name"), overflow="fold", min_width=(18 if c == "name" else None))
         prefix = rep.model + "/"
         for r in breakdown(rep, detail):
             name = r["name"][len(prefix):] if r["name"].startswith(prefix) else r["name"]

@@ -32,5 +32,18 @@ class Node:
             else:
                 yield f"{here}/{c.name}", m, c
 
+    def parents(self, path: str = "") -> dict:
+        """Map op path -> path of its nearest enclosing *block* (or the op itself
+        when it sits directly in a stack or the model)."""
+        out = {}
+        here = f"{path}/{self.name}" if path else self.name
+        for c in self.children:
+            if isinstance(c, Node):
+                out.update(c.parents(here))
+            else:
+                p = f"{here}/{c.name}"
+                out[p] = here if self.level == "block" else p
+        return out
+
     def total(self, attr: str) -> float:
         return sum(m * getattr(op, attr) for _, m, op in self.walk())

@@ -1,1 +1,0 @@
-"""Extra CLI commands (book, plan, compare, roofline, ...) are registered here."""
