@@ -311,4 +311,7 @@ _register_optional()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m costmodel.cli`: use the package's module so that the command
+    # modules (which import costmodel.cli) register on the same group
+    from costmodel.cli import main as _main
+    _main()
