@@ -77,19 +77,39 @@ class OpCost:
 
 
 def cost_ops(tree: Node, hw: Hardware, p: Precision) -> list[OpCost]:
+    """Roofline time of every op. Same arithmetic as ``roofline()``, with the
+    per-(hardware, precision, op class) constants looked up once per call."""
     bw = hw.memory.bandwidth
     me = memory_efficiency(hw)
+    mem_rate = bw * me
     over = hw.calibration.launch_overhead_s if hw.calibration else 0.0
+    curves = hw.calibration.curves if hw.calibration is not None else {}
+    rates: dict[str, tuple] = {}     # op class -> (peak, peak*eff or None when eff depends on the op's size)
     out = []
     for path, m, op in tree.walk():
-        if op.fwd_flops == 0 and op.fwd_bytes == 0 and op.bwd_flops == 0:
+        ff, fb, bf_, bb_ = op.fwd_flops, op.fwd_bytes, op.bwd_flops, op.bwd_bytes
+        if ff == 0 and fb == 0 and bf_ == 0:
             out.append(OpCost(path, op, m, 0.0, 0.0, "-", "-"))
             continue
-        peak = op_peak(hw, p, op.op_class)
-        tf, bf = roofline(op.fwd_flops, op.fwd_bytes, peak, efficiency(hw, op.op_class, op.fwd_flops), bw, me, over)
-        tb, bb = roofline(op.bwd_flops, op.bwd_bytes, peak, efficiency(hw, op.op_class, op.bwd_flops), bw, me,
-                          over if op.bwd_flops or op.bwd_bytes else 0.0)
-        out.append(OpCost(path, op, m, tf, tb, bf, bb))
+        cls = op.op_class
+        rate = rates.get(cls)
+        if rate is None:
+            peak = op_peak(hw, p, cls)
+            rate = rates[cls] = (peak, None if cls in curves else peak * getattr(hw.efficiency, cls))
+        peak, flat = rate
+        if flat is None:
+            cf = (peak * efficiency(hw, cls, ff)) if ff else 0.0
+            cb = (peak * efficiency(hw, cls, bf_)) if bf_ else 0.0
+        else:
+            cf = cb = flat
+        tc = ff / cf if ff else 0.0
+        tm = fb / mem_rate if fb else 0.0
+        tf = max(tc, tm) + over
+        bound_f = "compute" if tc >= tm else "memory"
+        tc = bf_ / cb if bf_ else 0.0
+        tm = bb_ / mem_rate if bb_ else 0.0
+        tb = max(tc, tm) + (over if bf_ or bb_ else 0.0)
+        out.append(OpCost(path, op, m, tf, tb, bound_f, "compute" if tc >= tm else "memory"))
     return out
 
 
@@ -164,6 +184,8 @@ class Resolved:
     dp: int
     micro_batch: int
     accum: int
+    cache: Any = None          # sweep memo (see estimate_resolved); None: build everything afresh
+    explain: bool = True       # attach the --explain entries to the report
 
 
 def _default_precision(hw: Hardware) -> str:
@@ -324,13 +346,49 @@ def estimate(model, hardware: str | Hardware = "a100-80gb", workload: Workload |
             raise CostModelError(f"{err['msg']} (got {err.get('input')!r})", field=f) from None
     spec = _apply_overrides(spec, mo, "model.")
     hw = _apply_overrides(hw, ho, "hardware.")
+    return estimate_resolved(spec, hw, wl)
+
+
+def estimate_resolved(spec, hw: Hardware, wl: Workload, *, cache: dict | None = None,
+                      explain: bool = True) -> Report:
+    """The fast path for sweeps: already-validated spec, Hardware and Workload
+    objects (no name lookup, no overrides, no re-validation). ``cache``: a
+    dict owned by the caller that memoizes built trees, op costs and their
+    sums per (spec, hardware, shape, precision); the caller must not mutate
+    ``spec`` or ``hw`` while it reuses the dict. Results are identical to
+    ``estimate`` (same arithmetic in the same order)."""
     r = resolve(spec, hw, wl)
+    r.cache = cache
+    r.explain = explain
     try:
         if wl.mode == "train":
             return _train(r)
         return _inference(r)
     except ValueError as e:   # impossible shapes found while building (empty conv output...)
         raise CostModelError(str(e)) from None
+
+
+_CACHE_MAX = 4096
+
+
+def _built(r: Resolved, shape: Shape, p: Precision):
+    """(tree, op costs, memo of derived sums) for one shape, memoized in
+    ``r.cache`` by object identity (the entry keeps spec and hardware alive,
+    so an id cannot be reused while it is cached)."""
+    c = r.cache
+    if c is None:
+        tree = build(r.spec, shape, p)
+        return tree, cost_ops(tree, r.hw, p), {}
+    key = (id(r.spec), id(r.hw), shape, p)
+    hit = c.get(key)
+    if hit is not None and hit[0] is r.spec and hit[1] is r.hw:
+        return hit[2], hit[3], hit[4]
+    tree = build(r.spec, shape, p)
+    ent = (r.spec, r.hw, tree, cost_ops(tree, r.hw, p), {})
+    if len(c) >= _CACHE_MAX:
+        c.clear()
+    c[key] = ent
+    return ent[2], ent[3], ent[4]
 
 
 def _shape(r: Resolved, batch: int, *, training: bool, tp: int = 1, kv_len: int = 0, seq=None) -> Shape:
@@ -360,38 +418,57 @@ def _train(r: Resolved) -> Report:
     tp, pp, dp = wl.tp, wl.pp, r.dp
     mb = r.micro_batch
     # per device, one micro-batch (heads / d_ff split by tp)
-    dev_tree = build(spec, _shape(r, mb, training=True, tp=tp), p)
-    full_tree = dev_tree if tp == 1 else build(spec, _shape(r, mb, training=True, tp=1), p)
-    costs = cost_ops(dev_tree, hw, p)
-    full_ops = list(full_tree.walk())
+    dev_tree, costs, memo = _built(r, _shape(r, mb, training=True, tp=tp), p)
+    if tp == 1:
+        full_tree, full_memo = dev_tree, memo
+    else:
+        full_tree, _, full_memo = _built(r, _shape(r, mb, training=True, tp=1), p)
+    sums = full_memo.get("train_sums")
+    if sums is None:
+        full_ops = list(full_tree.walk())
+        sums = full_memo["train_sums"] = (
+            full_ops, sum(m * o.fwd_flops for _, m, o in full_ops), sum(m * o.bwd_flops for _, m, o in full_ops),
+            sum(m * o.matmul_flops for _, m, o in full_ops), sum(m * o.bwd_matmul_flops for _, m, o in full_ops),
+            int(sum(m * o.params for _, m, o in full_ops)))
+    full_ops = sums[0]
 
     # --- model-level FLOPs for the whole global batch (all devices) -------------
     scale = wl.batch / mb                         # micro-batch tree -> global batch
-    fwd_flops = scale * sum(m * o.fwd_flops for _, m, o in full_ops)
-    bwd_flops = scale * sum(m * o.bwd_flops for _, m, o in full_ops)
-    fwd_mm = scale * sum(m * o.matmul_flops for _, m, o in full_ops)
-    bwd_mm = scale * sum(m * o.bwd_matmul_flops for _, m, o in full_ops)
-    params = int(sum(m * o.params for _, m, o in full_ops))
+    fwd_flops = scale * sums[1]
+    bwd_flops = scale * sums[2]
+    fwd_mm = scale * sums[3]
+    bwd_mm = scale * sums[4]
+    params = sums[5]
     shapes = [s for _, m, o in full_ops for _ in range(m) for s in o.param_shapes] if wl.optimizer == "adafactor" else None
 
     # recompute (per device, per micro-batch, whole model depth)
-    quad = [c for c in costs if c.op.quadratic]
-    if wl.recompute == "full":     # re-run every block's forward (Chen et al. 2016; Korthikanti sec. 5)
-        rec_costs = [c for c in costs if "/layer" in c.path or "/block" in c.path]
-    elif wl.recompute == "selective":   # re-run only the attention core (Korthikanti et al. 2022)
-        rec_costs = [] if wl.flash else quad
-    else:
-        rec_costs = []
-    rec_flops_dev = sum(c.count * c.op.fwd_flops for c in rec_costs)
-    rec_time = sum(c.count * c.fwd_time for c in rec_costs) / pp
+    rec = memo.get(("recompute", wl.recompute))
+    if rec is None:
+        quad = [c for c in costs if c.op.quadratic]
+        if wl.recompute == "full":     # re-run every block's forward (Chen et al. 2016; Korthikanti sec. 5)
+            rec_costs = [c for c in costs if "/layer" in c.path or "/block" in c.path]
+        elif wl.recompute == "selective":   # re-run only the attention core (Korthikanti et al. 2022)
+            rec_costs = [] if wl.flash else quad
+        else:
+            rec_costs = []
+        rec = memo[("recompute", wl.recompute)] = (sum(c.count * c.op.fwd_flops for c in rec_costs),
+                                                   sum(c.count * c.fwd_time for c in rec_costs))
+    rec_flops_dev = rec[0]
+    rec_time = rec[1] / pp
     rec_flops = rec_flops_dev * (tp if tp > 1 else 1) * wl.batch / mb / 1  # model-level (approx: tp-split)
 
     # --- time per device per step -------------------------------------------
-    fwd_t = sum(c.count * c.fwd_time for c in costs) / pp
-    bwd_t = sum(c.count * c.bwd_time for c in costs) / pp
+    dev_sums = memo.get("dev_sums")
+    if dev_sums is None:
+        dev_sums = memo["dev_sums"] = (sum(c.count * c.fwd_time for c in costs),
+                                       sum(c.count * c.bwd_time for c in costs),
+                                       sum(c.count * c.op.params for c in costs),
+                                       _intensity(costs), _bound(costs))
+    fwd_t = dev_sums[0] / pp
+    bwd_t = dev_sums[1] / pp
     m_acc = r.accum
     dtypes = state_dtypes(r.precision, wl.master_weights, wl.fp32_grads)
-    dev_params = sum(c.count * c.op.params for c in costs) / pp
+    dev_params = dev_sums[2] / pp
     # optimizer step: memory-bound update reading/writing every state once (sharded under ZeRO>=1)
     opt_state = (optimizer_state_bytes(wl.optimizer, shapes, dtypes["state"]) * (dev_params / params if params else 0)
                  if shapes is not None else
@@ -414,7 +491,10 @@ def _train(r: Resolved) -> Report:
     grad_b = dev_params * dtypes["grad"] / gshard
     master_b = dev_params * dtypes["master"] / shard_opt
     optim_b = opt_state / shard_opt
-    act_b = activation_bytes(costs, r, p, spec) if True else 0
+    akey = ("activations", wl.recompute, wl.sequence_parallel, wl.tp)
+    act_b = memo.get(akey)
+    if act_b is None:
+        act_b = memo[akey] = activation_bytes(costs, r, p, spec)
     inflight = min(pp, m_acc) if pp > 1 else 1
     act_dev = act_b["per_micro"] / pp * inflight + act_b["working"]
     if wl.sequence_parallel and tp > 1:
@@ -456,7 +536,7 @@ def _train(r: Resolved) -> Report:
         "forward_time_s": fwd_t * m_acc, "backward_time_s": bwd_t * m_acc, "recompute_time_s": rec_time * m_acc,
         "optimizer_time_s": opt_time, "comm_time_s": cm["total_s"], "exposed_comm_time_s": cm["exposed_s"],
         "comm": cm["detail"], "bubble_time_s": bubble, "step_time_s": step_t,
-        "arithmetic_intensity": _intensity(costs), "bound": _bound(costs),
+        "arithmetic_intensity": dev_sums[3], "bound": dev_sums[4],
         "mfu": mfu, "hfu": hfu,
         ("tokens_per_s" if _model_kind(spec) == "token" else "samples_per_s"):
             samples_s * per_sample if _model_kind(spec) == "token" else samples_s,
@@ -465,8 +545,9 @@ def _train(r: Resolved) -> Report:
         values["samples_per_s"] = samples_s
     values.update(run)
     rep = Report(spec.name, hw.name, _workload_dict(r), values, costs, dev_tree, memory_lines=mem_lines)
-    from .explain import explain_train
-    rep.explain = explain_train(rep, r)
+    if r.explain:
+        from .explain import explain_train
+        rep.explain = explain_train(rep, r)
     return rep
 
 
@@ -627,8 +708,9 @@ def _inference(r: Resolved) -> Report:
     mem_lines = [("weights", weight_b), ("KV cache", kv_b), ("activations (working set)", act),
                  (f"allocator slack ({wl.allocator_slack:.0%})", slack), ("CUDA context", wl.cuda_context_bytes)]
     rep = Report(spec.name, hw.name, _workload_dict(r), values, costs, tree, memory_lines=mem_lines)
-    from .explain import explain_inference
-    rep.explain = explain_inference(rep, r)
+    if r.explain:
+        from .explain import explain_inference
+        rep.explain = explain_inference(rep, r)
     return rep
 
 
