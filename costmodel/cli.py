@@ -58,6 +58,13 @@ def write_output(text: str, path: str | None):
         raise
 
 
+def console():
+    """A rich console; wide when output is not a terminal (pipes, files, tests)."""
+    from rich.console import Console
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
 def parse_sets(sets: tuple[str, ...]) -> dict:
     import yaml
     out = {}
@@ -225,10 +232,11 @@ def models_cmd(models_dir, fmt):
     from .units import fmt_params
     t = Table(title="built-in models")
     for c in ("name", "arch", "params", "reference", "description"):
-        t.add_column(c, justify="right" if c == "params" else "left", overflow="fold")
+        t.add_column(c, justify="right" if c == "params" else "left", overflow="fold",
+                     no_wrap=c in ("name", "params"))
     for r in rows:
         t.add_row(r["name"], r["arch"], fmt_params(r["params"]), r["reference"], r["description"])
-    Console().print(t)
+    console().print(t)
 
 
 @main.command("hardware")
@@ -255,14 +263,14 @@ def hardware_cmd(hardware_dir, fmt):
     from .units import fmt_bytes, si
     t = Table(title="built-in hardware (dense peaks)")
     for c in ("name", "device", "peak 16-bit", "peak fp32", "memory", "bandwidth", "ridge", "$/h"):
-        t.add_column(c, justify="left" if c in ("name", "device") else "right")
+        t.add_column(c, justify="left" if c in ("name", "device") else "right", no_wrap=c != "device")
     for r in rows:
         t.add_row(r["name"], r["device"], si(r["peak_flops"], "FLOP/s") + f" {r['peak_dtype']}",
                   si(r["fp32_flops"], "FLOP/s") if r["fp32_flops"] else "-",
                   f"{fmt_bytes(r['memory_bytes'])} ({fmt_bytes(r['memory_bytes'], True)})",
                   si(r["bandwidth"], "B/s"), f"{r['ridge_point']:.0f} FLOP/B",
                   f"{r['usd_per_hour']:.2f}" if r["usd_per_hour"] else "-")
-    Console().print(t)
+    console().print(t)
 
 
 @main.command()

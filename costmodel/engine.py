@@ -76,9 +76,24 @@ class OpCost:
         return self.op.fwd_flops / self.op.fwd_bytes if self.op.fwd_bytes else math.inf
 
 
-def cost_ops(tree: Node, hw: Hardware, p: Precision) -> list[OpCost]:
+def _flatten(node: Node, mult: int = 1, path: str = "", out: list | None = None) -> list:
+    """``list(node.walk())`` without nested generators (same order, paths, multiplicities)."""
+    if out is None:
+        out = []
+    m = mult * node.count
+    here = f"{path}/{node.name}" if path else node.name
+    for c in node.children:
+        if isinstance(c, Node):
+            _flatten(c, m, here, out)
+        else:
+            out.append((f"{here}/{c.name}", m, c))
+    return out
+
+
+def cost_ops(tree: Node, hw: Hardware, p: Precision, ops: list | None = None) -> list[OpCost]:
     """Roofline time of every op. Same arithmetic as ``roofline()``, with the
-    per-(hardware, precision, op class) constants looked up once per call."""
+    per-(hardware, precision, op class) constants looked up once per call.
+    ``ops``: ``list(tree.walk())`` when the caller already has it."""
     bw = hw.memory.bandwidth
     me = memory_efficiency(hw)
     mem_rate = bw * me
@@ -86,7 +101,7 @@ def cost_ops(tree: Node, hw: Hardware, p: Precision) -> list[OpCost]:
     curves = hw.calibration.curves if hw.calibration is not None else {}
     rates: dict[str, tuple] = {}     # op class -> (peak, peak*eff or None when eff depends on the op's size)
     out = []
-    for path, m, op in tree.walk():
+    for path, m, op in (ops if ops is not None else _flatten(tree)):
         ff, fb, bf_, bb_ = op.fwd_flops, op.fwd_bytes, op.bwd_flops, op.bwd_bytes
         if ff == 0 and fb == 0 and bf_ == 0:
             out.append(OpCost(path, op, m, 0.0, 0.0, "-", "-"))
@@ -373,22 +388,25 @@ _CACHE_MAX = 4096
 
 def _built(r: Resolved, shape: Shape, p: Precision):
     """(tree, op costs, memo of derived sums) for one shape, memoized in
-    ``r.cache`` by object identity (the entry keeps spec and hardware alive,
-    so an id cannot be reused while it is cached)."""
+    ``r.cache`` by object identity: trees per (spec, shape, precision), costs
+    per (tree, hardware). Entries keep spec and hardware alive, so an id
+    cannot be reused while it is cached."""
     c = r.cache
     if c is None:
         tree = build(r.spec, shape, p)
-        return tree, cost_ops(tree, r.hw, p), {}
-    key = (id(r.spec), id(r.hw), shape, p)
-    hit = c.get(key)
-    if hit is not None and hit[0] is r.spec and hit[1] is r.hw:
-        return hit[2], hit[3], hit[4]
-    tree = build(r.spec, shape, p)
-    ent = (r.spec, r.hw, tree, cost_ops(tree, r.hw, p), {})
+        return tree, cost_ops(tree, r.hw, p), {"ops": None}
     if len(c) >= _CACHE_MAX:
         c.clear()
-    c[key] = ent
-    return ent[2], ent[3], ent[4]
+    tkey = ("tree", id(r.spec), shape, p)
+    t = c.get(tkey)
+    if t is None or t[0] is not r.spec:
+        tree = build(r.spec, shape, p)
+        t = c[tkey] = (r.spec, tree, _flatten(tree))
+    ckey = ("costs", id(r.spec), id(r.hw), shape, p)
+    hit = c.get(ckey)
+    if hit is None or hit[0] is not r.spec or hit[1] is not r.hw:
+        hit = c[ckey] = (r.spec, r.hw, cost_ops(t[1], r.hw, p, t[2]), {"ops": t[2]})
+    return t[1], hit[2], hit[3]
 
 
 def _shape(r: Resolved, batch: int, *, training: bool, tp: int = 1, kv_len: int = 0, seq=None) -> Shape:
@@ -425,7 +443,7 @@ def _train(r: Resolved) -> Report:
         full_tree, _, full_memo = _built(r, _shape(r, mb, training=True, tp=1), p)
     sums = full_memo.get("train_sums")
     if sums is None:
-        full_ops = list(full_tree.walk())
+        full_ops = full_memo["ops"] or _flatten(full_tree)
         sums = full_memo["train_sums"] = (
             full_ops, sum(m * o.fwd_flops for _, m, o in full_ops), sum(m * o.bwd_flops for _, m, o in full_ops),
             sum(m * o.matmul_flops for _, m, o in full_ops), sum(m * o.bwd_matmul_flops for _, m, o in full_ops),
