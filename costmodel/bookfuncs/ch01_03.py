@@ -65,7 +65,9 @@ def segment_checkpoint_peak_bytes(layers, segment, layer_bytes, boundary_bytes):
     'Training Deep Nets with Sublinear Memory Cost', sec. 3): keep the input
     of each of the layers/segment segments (``boundary_bytes`` each), and
     during backward re-materialise one segment's full activations
-    (segment * ``layer_bytes``)."""
+    (segment * ``layer_bytes``). Takes the per-layer sizes as numbers (a
+    book's stated figures); segment_checkpoint_bytes (bookfuncs/ch10_11.py)
+    applies the same rule to a model's engine op tree."""
     return (layers / segment) * boundary_bytes + segment * layer_bytes
 
 
@@ -83,7 +85,25 @@ def finite_difference_passes(n_params):
     return n_params + 1
 
 
+# GPUs the book names that hardware/ does not ship (capacity as the vendor's
+# "N GB" label means it: N GiB of device memory).
+_OFF_CATALOGUE_MEMORY = {
+    # NVIDIA GeForce RTX 3090 specifications (nvidia.com, 'Memory Size 24 GB
+    # GDDR6X'); nvidia-smi reports 24576 MiB = 24 GiB.
+    "rtx-3090": 24 * 2 ** 30,
+}
+
+
+def offcatalogue_gpu_memory_bytes(name):
+    """Device memory of a GPU that has no hardware/*.yaml yet, in bytes
+    (sources in the table above). Prefer capacity(name) for catalogued GPUs."""
+    if name not in _OFF_CATALOGUE_MEMORY:
+        raise ValueError(f"no off-catalogue memory size for {name!r}; use capacity()")
+    return _OFF_CATALOGUE_MEMORY[name]
+
+
 FUNCTIONS = {
+    "offcatalogue_gpu_memory_bytes": offcatalogue_gpu_memory_bytes,
     "tensor_bytes": tensor_bytes,
     "lowrank_factor_params": lowrank_factor_params,
     "cpu_cache_line_bytes": cpu_cache_line_bytes,
