@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .cli import guarded, main, write_output
+from .cli import console, guarded, main, write_output
 from .errors import CostModelError, suggest
 
 
@@ -39,7 +39,7 @@ def book(errata, measured, check_id, chapter, fmt, output):
         t.add_column(overflow="fold")
         for k, v in bk.explain_entry(e):
             t.add_row(k, v)
-        Console().print(t)
+        console().print(t)
         return
     results = [bk.check(e) for e in entries]
     if fmt == "json":
@@ -49,7 +49,7 @@ def book(errata, measured, check_id, chapter, fmt, output):
         return
     from rich.console import Console
     from rich.table import Table
-    con = Console()
+    con = console()
     if errata or measured:
         want = "erratum" if errata else "measured"
         t = Table(title=f"book {'errata' if errata else 'measured claims'}", title_justify="left")
