@@ -185,7 +185,7 @@ def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation
 
 
 @register("rnn")
-def rnn(name, p, *, cell, batch, seq, d_in, hidden, directions=1, bias=True):
+def rnn(name, p, *, cell, batch, seq, d_in, hidden, directions=1, bias=True, input_grad=True):
     """One recurrent layer (all directions), unrolled over `seq` steps.
 
     gates g = 4 (LSTM), 3 (GRU), 1 (tanh RNN). Matmul FLOPs per step and
@@ -196,10 +196,17 @@ def rnn(name, p, *, cell, batch, seq, d_in, hidden, directions=1, bias=True):
     unit per gate-set (counted as 10*hidden), GRU 10*hidden, RNN 2*hidden.
     Saved: per step the layer input, previous hidden state and gate
     activations (torch's fused cell keeps g*hidden workspace + cell state).
+    Backward matmuls: 2x forward, less the products whose result nobody
+    needs: the gradient of the zero initial state h0 (one recurrent product
+    per direction), and the input gradient when the input is data
+    (``input_grad=False``: first layer without an embedding), as torch's
+    autograd skips them (checked by costmodel/validate/exact.py).
     """
     g = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     per_dir_params = g * hidden * (d_in + hidden) + (2 * g * hidden if bias else 0)
     mm = 2.0 * batch * seq * g * hidden * (d_in + hidden) * directions
+    bwd_mm = 2 * mm - 2.0 * batch * g * hidden * hidden * directions \
+        - (0.0 if input_grad else 2.0 * batch * seq * g * hidden * d_in * directions)
     ew = {"lstm": 10, "gru": 10, "rnn": 2}[cell] * batch * seq * hidden * directions
     a, w = p.act_bytes, p.weight_bytes
     state = {"lstm": 2, "gru": 1, "rnn": 1}[cell]
@@ -210,7 +217,7 @@ def rnn(name, p, *, cell, batch, seq, d_in, hidden, directions=1, bias=True):
         if bias:
             shapes += [(g * hidden,), (g * hidden,)]
     return Op("rnn", name, "matmul",
-              fwd_flops=mm + ew, bwd_flops=2 * mm + 2 * ew, matmul_flops=mm, bwd_matmul_flops=2 * mm,
+              fwd_flops=mm + ew, bwd_flops=bwd_mm + 2 * ew, matmul_flops=mm, bwd_matmul_flops=bwd_mm,
               fwd_bytes=(batch * seq * (d_in + hidden * directions) + batch * seq * g * hidden * directions) * a
               + per_dir_params * directions * w * seq,   # weights re-read every step (no persistence)
               bwd_bytes=2 * ((batch * seq * (d_in + hidden * directions) + batch * seq * g * hidden * directions) * a
@@ -253,9 +260,13 @@ def glu(name, p, *, elements, fn="silu"):
 
 @register("dropout")
 def dropout(name, p, *, elements, quadratic=False):
-    """x * mask / (1-p); saves the 1-byte bool mask (torch native_dropout)."""
-    return _elementwise("dropout", name, p, elements, 1, 1, elements * MASK_BYTES, quadratic=quadratic,
-                        formula="1*elements; mask 1 byte/element")
+    """x * mask / (1-p); saves the 1-byte bool mask (torch native_dropout).
+    Forward reads x, writes y and the mask; backward reads dy and the mask,
+    writes dx: (2*act + 1) bytes per element each way."""
+    op = _elementwise("dropout", name, p, elements, 1, 1, elements * MASK_BYTES, quadratic=quadratic,
+                      formula="1*elements; mask 1 byte/element")
+    op.fwd_bytes = op.bwd_bytes = elements * (2 * p.act_bytes + MASK_BYTES)
+    return op
 
 
 @register("scale")
@@ -313,12 +324,15 @@ def batchnorm(name, p, *, n, channels, hw):
 
 
 @register("pool")
-def pool(name, p, *, n, channels, h_out, w_out, window, kind="max", h_in=None, w_in=None):
+def pool(name, p, *, n, channels, h_out, w_out, window, kind="max", h_in=None, w_in=None, saves_input=True):
     """Max/avg pooling: one compare/add per window element per output.
-    Max pooling saves its input and int64 argmax indices (torch)."""
+    Max pooling saves its input and int64 argmax indices; avg pooling saves
+    its input (torch avg_pool2d / _adaptive_avg_pool2d backward take ``self``),
+    except a global average to 1x1, which torch computes as ``mean`` and which
+    keeps nothing (``saves_input=False``)."""
     out = n * channels * h_out * w_out
     inp = n * channels * (h_in or h_out) * (w_in or w_out)
-    saved = (inp * p.act_bytes + out * INDEX_BYTES) if kind == "max" else 0
+    saved = (inp * p.act_bytes + out * INDEX_BYTES) if kind == "max" else (inp * p.act_bytes if saves_input else 0)
     a = p.act_bytes
     return Op("pool", name, "elementwise", fwd_flops=out * window, bwd_flops=out * window,
               fwd_bytes=(inp + out) * a, bwd_bytes=(out + inp) * a + (out * INDEX_BYTES if kind == "max" else 0),
@@ -362,8 +376,11 @@ def rotary(name, p, *, elements):
 def cross_entropy(name, p, *, rows, vocab):
     """Loss over fp32 logits: log-softmax (5 FLOPs/element) + NLL gather.
     Logits are upcast to fp32 first (HF: logits.float()); log_softmax saves
-    its fp32 output rows*vocab*4 bytes."""
+    its fp32 output rows*vocab*4 bytes; nll_loss keeps the int64 targets and
+    its fp32 total_weight scalar (torch derivatives.yaml: nll_loss_backward
+    takes target and total_weight; checked by costmodel/validate/exact.py)."""
     n = rows * vocab
     return Op("cross_entropy", name, "elementwise", fwd_flops=5 * n, bwd_flops=2 * n,
               fwd_bytes=n * p.act_bytes + 2 * n * 4, bwd_bytes=3 * n * 4,
-              saved_bytes=n * 4, dims=dict(rows=rows, vocab=vocab), formula="5*rows*vocab (fp32)")
+              saved_bytes=n * 4 + rows * INDEX_BYTES + STAT_BYTES, dims=dict(rows=rows, vocab=vocab),
+              formula="5*rows*vocab (fp32)")

@@ -35,7 +35,9 @@ SHIPPED_TO_REF = {
     "resnet18": ("resnet18", "ResNet"), "resnet34": ("resnet34", "ResNet"), "resnet50": ("resnet50", "ResNet"),
     "resnet101": ("resnet101", "ResNet"), "resnet152": ("resnet152", "ResNet"), "vgg16": ("vgg16", "VGG"),
     "vit-b16": ("vit_b_16", "VisionTransformer"), "vit-l16": ("vit_l_16", "VisionTransformer"),
-    "vit-h14": ("vit_h_14", "VisionTransformer"),
+    "vit-h14": ("vit_h_14", "VisionTransformer"), "vit-b32": ("vit_b_32", "VisionTransformer"),
+    "vgg11": ("vgg11", "VGG"), "vgg13": ("vgg13", "VGG"), "vgg19": ("vgg19", "VGG"), "vgg16-bn": ("vgg16_bn", "VGG"),
+    "resnext50-32x4d": ("resnext50_32x4d", "ResNet"), "wide-resnet50-2": ("wide_resnet50_2", "ResNet"),
     "lstm-2x1024": ("lstm-512-1024-2l", "torch.nn.LSTM"), "bilstm-512": ("lstm-256-512-bi", "torch.nn.LSTM"),
     "gru-2x1024": ("gru-512-1024-2l", "torch.nn.GRU"),
 }
