@@ -29,7 +29,9 @@ def p2p_time(nbytes: float, bandwidth: float) -> float:
 
 def _group_bw(hw, group: int, inner: int) -> tuple[float, str]:
     """Bandwidth of a group of ``group`` devices whose members are ``inner``
-    devices apart: inside one node if the group spans <= devices_per_node."""
+    devices apart: inside one node if the group spans <= devices_per_node,
+    else the per-device inter-node link (a ring crossing nodes runs at the
+    slowest link it uses)."""
     ic = hw.interconnect
     eff = hw.efficiency.comm
     if group * inner <= ic.devices_per_node:
@@ -37,55 +39,121 @@ def _group_bw(hw, group: int, inner: int) -> tuple[float, str]:
     return ic.inter_node.bandwidth * eff, ic.inter_node.name or "inter-node"
 
 
-def step_comm(r, spec, p, dev_params: float, dtypes: dict, costs, bwd_time: float) -> dict:
-    """Communication per optimizer step on one device.
+def _coll(kind: str, nbytes: float, n: int, bw: float) -> tuple[float, float]:
+    """(time s, bytes sent per device) of one ring collective."""
+    if n <= 1:
+        return 0.0, 0.0
+    if kind == "all-reduce":
+        return allreduce_time(nbytes, n, bw), 2.0 * (n - 1) / n * nbytes
+    return allgather_time(nbytes, n, bw), (n - 1) / n * nbytes      # all-gather / reduce-scatter
 
-    * data parallel (dp > 1): gradients all-reduced once per step
-      (ZeRO-1/2: reduce-scatter + all-gather, same volume; ZeRO-3 adds a
-      parameter all-gather in forward and in backward: 1.5x, Rajbhandari et
-      al. 2020 sec. 7). Overlapped with backward when ``overlap_comm``.
-    * tensor parallel (tp > 1): per layer 2 all-reduces of b*s*d activations
-      in forward and 2 in backward (Megatron-LM, Shoeybi et al. 2019, fig. 3);
-      +2 with full recompute. Not overlapped.
-    * pipeline parallel (pp > 1): per micro-batch one b*s*d send forward and
-      one backward at each stage boundary.
+
+def step_comm(r, spec, p, stage_params: float, dtypes: dict, fwd_mb: float, bwd_mb: float,
+              tied_embedding_params: float = 0.0) -> dict:
+    """Communication per optimizer step on one device (the busiest pipeline stage).
+
+    ``stage_params``: parameters this device holds before ZeRO sharding;
+    ``fwd_mb`` / ``bwd_mb``: its forward / backward time for one micro-batch
+    (the windows communication can hide behind). Rank order as Megatron-LM:
+    tp fastest, then dp, then pp, so a dp group's members are tp apart.
+
+    * data parallel, per step with m = accum micro-batches (Rajbhandari et al.
+      2020, ZeRO sec. 7: volumes per device of Psi elements):
+        stage 0: all-reduce of gradients once (2 Psi), overlapped with the last
+                 micro-batch's backward (PyTorch DDP buckets, Li et al. 2020);
+        stage 1: reduce-scatter gradients + all-gather updated parameters (2 Psi);
+        stage 2: as stage 1, but gradients are reduce-scattered every micro-batch
+                 (they are partitioned, so cannot be accumulated whole): m Psi + Psi;
+        stage 3: all-gather parameters in forward and again in backward and
+                 reduce-scatter gradients, every micro-batch: 3 Psi per micro-batch
+                 (sec. 7.2.2: 1.5x the data-parallel volume).
+      Gradient reduce-scatters / all-reduces hide behind backward and ZeRO-3
+      parameter gathers behind forward + backward when ``overlap_comm``; the
+      all-gather of updated parameters after the optimizer step is exposed.
+    * tensor parallel: per layer 2 all-reduces of b*s*h activations in forward
+      and 2 in backward (Megatron-LM, Shoeybi et al. 2019, sec. 3, Fig. 3);
+      +2 with full recomputation (the forward is re-run); sequence parallelism
+      replaces each by a reduce-scatter + all-gather of the same volume
+      (Korthikanti et al. 2022, sec. 4.2.2). The vocabulary-parallel embedding
+      (first stage) and LM head (last stage) add one all-reduce each. Exposed.
+    * pipeline parallel: per micro-batch one activation send forward and one
+      gradient send backward per model chunk (x interleave), b*s*h/t bytes with
+      the scatter/gather optimisation (Narayanan et al. 2021, sec. 4.1). Exposed.
+      Tied input/output embeddings on the first and last stage are all-reduced
+      once per step (Narayanan et al. 2021; Megatron-LM embedding group).
     """
     wl = r.wl
     hw = r.hw
     dp, tp, pp = r.dp, wl.tp, wl.pp
+    m = r.accum
     detail = {}
     exposed = 0.0
     total = 0.0
     if dp > 1:
-        bw, link = _group_bw(hw, dp, tp * pp)
-        grad_bytes = dev_params * dtypes["grad"]
-        t = allreduce_time(grad_bytes, dp, bw)
-        if wl.zero >= 3:
-            t += 2 * allgather_time(dev_params * dtypes["weight"], dp, bw) - allgather_time(grad_bytes, dp, bw) * 0
-            t = t * 1.0
-        vis = max(0.0, t - bwd_time) if wl.overlap_comm else t
-        detail["data_parallel"] = {"time_s": t, "exposed_s": vis, "bytes": grad_bytes, "link": link, "group": dp}
+        bw, link = _group_bw(hw, dp, tp)
+        G = stage_params * dtypes["grad"]
+        W = stage_params * dtypes["weight"]
+        z = wl.zero
+        if z == 0:
+            colls = [("all-reduce", "gradients", G, 1, "bwd")]
+        elif z == 1:
+            colls = [("reduce-scatter", "gradients", G, 1, "bwd"), ("all-gather", "parameters", W, 1, None)]
+        elif z == 2:
+            colls = [("reduce-scatter", "gradients", G, m, "bwd_all"), ("all-gather", "parameters", W, 1, None)]
+        else:
+            colls = [("all-gather", "parameters (forward)", W, m, "all"),
+                     ("all-gather", "parameters (backward)", W, m, "all"),
+                     ("reduce-scatter", "gradients", G, m, "all")]
+        windows = {"bwd": bwd_mb, "bwd_all": m * bwd_mb, "all": m * (fwd_mb + bwd_mb)}
+        t = vol = 0.0
+        hideable = {}
+        rows = []
+        for kind, what, nbytes, times, win in colls:
+            ct, cv = _coll(kind, nbytes, dp, bw)
+            t += times * ct
+            vol += times * cv
+            if win:
+                hideable[win] = hideable.get(win, 0.0) + times * ct
+            rows.append({"collective": kind, "tensor": what, "bytes": nbytes, "times": times})
+        if wl.overlap_comm:
+            vis = t - sum(hideable.values()) + sum(max(0.0, v - windows[w]) for w, v in hideable.items())
+        else:
+            vis = t
+        detail["data_parallel"] = {"time_s": t, "exposed_s": vis, "bytes": G, "volume_bytes": vol, "link": link,
+                                   "group": dp, "zero": z, "collectives": rows}
         total += t
         exposed += vis
     layers = _layers(spec)
+    act = (r.micro_batch * _tokens_per_sample(r, spec) * spec.d_model * p.act_bytes) if layers else 0.0
     if tp > 1 and layers:
         bw, link = _group_bw(hw, tp, 1)
-        act = r.micro_batch * _tokens_per_sample(r, spec) * spec.d_model * p.act_bytes
         n_ar = 4 + (2 if wl.recompute == "full" else 0)
-        t = r.accum * layers / pp * n_ar * allreduce_time(act, tp, bw)
-        detail["tensor_parallel"] = {"time_s": t, "exposed_s": t, "bytes": act, "link": link, "group": tp,
-                                     "allreduces_per_layer": n_ar}
+        vocab = (2 if pp == 1 else 1) if getattr(spec, "lm_head", False) else 0
+        per_mb = n_ar * layers / pp + vocab
+        ct, cv = _coll("all-reduce", act, tp, bw)
+        t = m * per_mb * ct
+        detail["tensor_parallel"] = {"time_s": t, "exposed_s": t, "bytes": act, "volume_bytes": m * per_mb * cv,
+                                     "link": link, "group": tp, "allreduces_per_layer": n_ar,
+                                     "allreduces_per_micro_batch": per_mb}
         total += t
         exposed += t
     if pp > 1 and layers:
         bw, link = _group_bw(hw, pp, tp * dp)
-        act = r.micro_batch * _tokens_per_sample(r, spec) * spec.d_model * p.act_bytes
-        if wl.sequence_parallel and tp > 1:
-            act /= tp
-        t = r.accum * 2 * p2p_time(act, bw) * wl.interleave
-        detail["pipeline_parallel"] = {"time_s": t, "exposed_s": t, "bytes": act, "link": link, "group": pp}
+        msg = act / tp
+        n = m * 2 * wl.interleave
+        t = n * p2p_time(msg, bw)
+        detail["pipeline_parallel"] = {"time_s": t, "exposed_s": t, "bytes": msg, "volume_bytes": n * msg,
+                                       "link": link, "group": pp, "sends": n}
         total += t
         exposed += t
+        if tied_embedding_params:
+            e = tied_embedding_params * dtypes["grad"]
+            bw2, link2 = _group_bw(hw, pp, tp * dp)
+            ct, cv = _coll("all-reduce", e, 2, bw2)
+            detail["embedding_sync"] = {"time_s": ct, "exposed_s": ct, "bytes": e, "volume_bytes": cv,
+                                        "link": link2, "group": 2}
+            total += ct
+            exposed += ct
     return {"total_s": total, "exposed_s": exposed, "detail": detail}
 
 

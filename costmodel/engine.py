@@ -5,8 +5,8 @@ Per op (Williams et al. 2009, roofline; book 1.2.5, 7.6.2):
                bytes / (HBM bandwidth * memory efficiency))
     arithmetic intensity = FLOPs / bytes; bound = compute if the FLOP term wins.
 Training step (per device; Narayanan et al. 2021):
-    step = accum * (forward + backward + recompute) / pp + optimizer
-           + exposed communication + pipeline bubble
+    step = accum * (forward + backward + recompute of the slowest pipeline stage)
+           + optimizer + exposed communication + pipeline bubble
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from . import comm as commmod
 from .build import Shape, build
 from .catalog import load_hardware, load_model
 from .errors import CostModelError, suggest
-from .memory import optimizer_state_bytes, state_dtypes
+from .memory import model_state_bytes, optimizer_state_bytes, optimizer_state_bytes_per_param, state_dtypes
 from .ops import Op, Precision
 from .specs.hardware import Hardware
 from .specs.model import CNNSpec, MLPSpec, RNNSpec, TransformerSpec, ViTSpec
@@ -130,46 +130,47 @@ def cost_ops(tree: Node, hw: Hardware, p: Precision, ops: list | None = None) ->
 
 # --- resolution --------------------------------------------------------------
 def _apply_overrides(obj, overrides: dict[str, Any], prefix: str):
-    """Return a copy of a pydantic object with dotted-path overrides applied."""
+    """Return a copy of a pydantic object with dotted-path overrides applied
+    (``layers[3].kernel`` or ``layers.3.kernel`` reach into lists).  A path that
+    does not exist lists the valid fields at the level where it went wrong."""
     if not overrides:
         return obj
+    import re as _re
     data = obj.model_dump(by_alias=True)
     for path, value in overrides.items():
-        keys = path.split(".")
+        keys = [k for k in _re.sub(r"\[(-?\d+)\]", r".\1", path).split(".")]
         cur = data
-        cls = obj
         for i, k in enumerate(keys):
-            if not isinstance(cur, dict) or (k not in cur and not _field_exists(cls, k)):
-                valid = sorted(cur.keys()) if isinstance(cur, dict) else []
-                where = prefix + ".".join(keys[:i]) if i else prefix.rstrip(".")
-                raise CostModelError(f"no field {k!r} at {where or 'top level'}"
-                                     f"{suggest(k, valid)} (valid fields: {', '.join(valid)})",
-                                     field=prefix + path)
+            where = (prefix + _re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", ".".join(keys[:i]))) if i \
+                else (prefix.rstrip(".") or "top level")
+            if isinstance(cur, list):
+                if not _re.fullmatch(r"\d+", k) or int(k) >= len(cur):
+                    raise CostModelError(f"no item {k!r} in {where} (expected an index 0..{len(cur) - 1})",
+                                         field=prefix + path)
+                k = int(k)
+            elif not isinstance(cur, dict):
+                raise CostModelError(f"{where} is a single value, not a group of fields "
+                                     f"(expected {where}=VALUE)", field=prefix + path)
+            elif k not in cur:
+                valid = sorted(str(x) for x in cur)
+                raise CostModelError(f"no field {k!r} at {where}{suggest(k, valid)} "
+                                     f"(valid fields: {', '.join(valid)})", field=prefix + path)
             if i == len(keys) - 1:
                 cur[k] = value
             else:
-                if cur.get(k) is None:
+                if cur[k] is None:
                     cur[k] = {}
                 cur = cur[k]
-                cls = None
     from pydantic import TypeAdapter, ValidationError
+    from .catalog import first_error, validation_error
+    from .specs.model import ModelSpec
+    root = Hardware if isinstance(obj, Hardware) else Workload if isinstance(obj, Workload) else ModelSpec
     try:
-        if isinstance(obj, Hardware):
-            return Hardware.model_validate(data)
-        if isinstance(obj, Workload):
-            return Workload.model_validate(data)
-        from .specs.model import ModelSpec
-        return TypeAdapter(ModelSpec).validate_python(data)
+        if root is ModelSpec:
+            return TypeAdapter(ModelSpec).validate_python(data)
+        return root.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"] if x not in ("transformer", "vit", "cnn", "rnn", "mlp"))
-        msg = err["msg"].replace("Value error, ", "")
-        raise CostModelError(f"{msg} (got {err.get('input')!r})" if err["type"] != "value_error" else msg,
-                             field=prefix + loc) from None
-
-
-def _field_exists(cls, k):
-    return cls is not None and hasattr(cls, "model_fields") and k in type(cls).model_fields
+        raise validation_error(first_error(e), root, prefix=prefix) from None
 
 
 def split_overrides(overrides: dict[str, Any] | None):
@@ -210,7 +211,8 @@ def _default_precision(hw: Hardware) -> str:
 def resolve(spec, hw: Hardware, wl: Workload) -> Resolved:
     prec = wl.precision or _default_precision(hw)
     if hw.peak_flops(prec) is None:
-        have = ", ".join(hw.supported_dtypes())
+        from .workload import PRECISIONS
+        have = ", ".join(d for d in hw.supported_dtypes() if d in PRECISIONS)
         raise CostModelError(f"{hw.name} has no {prec} support (expected one of: {have})", field="precision")
     seq = target = image = 0
     if isinstance(spec, TransformerSpec):
@@ -222,11 +224,23 @@ def resolve(spec, hw: Hardware, wl: Workload) -> Resolved:
                                      f"(expected <= {spec.max_positions}; override with --set model.max_positions=N)",
                                      field=what)
         if wl.mode == "inference" and spec.structure != "encoder":
-            ctx = seq + wl.gen_tokens
+            dec = "target_seq" if spec.structure == "encoder-decoder" else "seq"
+            prompt = target if spec.structure == "encoder-decoder" else seq
+            room = spec.max_positions - wl.gen_tokens
+            if (spec.position == "learned" and prompt + wl.gen_tokens > spec.max_positions
+                    and getattr(wl, dec) is None and spec.default_seq is None and room >= 1):
+                # the default prompt is the whole context: leave room for the generated tokens
+                prompt = room
+                if dec == "seq":
+                    seq = room
+                else:
+                    target = room
+            ctx = prompt + wl.gen_tokens
             if spec.position == "learned" and ctx > spec.max_positions:
-                raise CostModelError(f"prompt {seq} + gen_tokens {wl.gen_tokens} = {ctx} exceeds the model's "
-                                     f"{spec.max_positions} positions (expected <= {spec.max_positions})",
-                                     field="gen_tokens")
+                hint = f"; e.g. --{dec.replace('_', '-')} {room}" if room >= 1 else ""
+                raise CostModelError(f"prompt {prompt} + gen_tokens {wl.gen_tokens} = {ctx} exceeds the model's "
+                                     f"{spec.max_positions} learned positions (expected {dec} + gen_tokens <= "
+                                     f"{spec.max_positions}{hint})", field="gen_tokens")
     elif isinstance(spec, RNNSpec):
         seq = wl.seq or spec.default_seq
     elif isinstance(spec, (CNNSpec, ViTSpec)):
@@ -237,6 +251,11 @@ def resolve(spec, hw: Hardware, wl: Workload) -> Resolved:
         if isinstance(spec, ViTSpec) and image != spec.image_size:
             raise CostModelError(f"image {image} differs from the model's {spec.image_size} (its position "
                                  f"embedding is fixed; override with --set model.image_size={image})", field="image")
+        if isinstance(spec, CNNSpec):
+            from .catalog import cnn_shape_problem
+            bad = cnn_shape_problem(spec, image)
+            if bad is not None:
+                raise CostModelError(f"model.layers[{bad[0]}]: {bad[1]}", field="image")
     # parallel degrees
     tp, pp = wl.tp, wl.pp
     if wl.gpus is not None and wl.dp is not None and wl.gpus != wl.dp * tp * pp:
@@ -269,22 +288,32 @@ def resolve(spec, hw: Hardware, wl: Workload) -> Resolved:
     return Resolved(spec, hw, wl, prec, seq, target, image, gpus, dp, mb, accum)
 
 
+def _divisors(n: int) -> str:
+    """' (expected a divisor of n: 1, 2, ...)' listing the small divisors."""
+    ds = [d for d in range(1, min(n, 4096) + 1) if n % d == 0]
+    shown = ", ".join(map(str, ds[:12])) + (", ..." if len(ds) > 12 else "")
+    return f" (expected a divisor of {n}: {shown})"
+
+
 def _check_model_parallel(spec, tp, pp):
     if isinstance(spec, TransformerSpec):
         if spec.heads % tp:
-            raise CostModelError(f"tp {tp} does not divide heads {spec.heads}", field="tp")
+            raise CostModelError(f"tp {tp} does not divide heads {spec.heads}{_divisors(spec.heads)}", field="tp")
         if spec.n_kv_heads % tp and tp % spec.n_kv_heads:
-            raise CostModelError(f"tp {tp} does not divide kv_heads {spec.n_kv_heads}", field="tp")
+            raise CostModelError(f"tp {tp} does not divide kv_heads {spec.n_kv_heads} (expected a divisor or a "
+                                 f"multiple of {spec.n_kv_heads})", field="tp")
         if spec.d_ff % tp:
-            raise CostModelError(f"tp {tp} does not divide d_ff {spec.d_ff}", field="tp")
+            raise CostModelError(f"tp {tp} does not divide d_ff {spec.d_ff}{_divisors(spec.d_ff)}", field="tp")
         layers = spec.layers + (spec.decoder_layers or 0 if spec.structure == "encoder-decoder" else 0)
         if layers % pp:
-            raise CostModelError(f"pp {pp} does not divide the {layers} layers", field="pp")
+            raise CostModelError(f"pp {pp} does not divide the {layers} layers{_divisors(layers)}", field="pp")
     elif isinstance(spec, ViTSpec):
         if spec.heads % tp or spec.d_ff % tp:
-            raise CostModelError(f"tp {tp} does not divide heads {spec.heads} and d_ff {spec.d_ff}", field="tp")
+            raise CostModelError(f"tp {tp} does not divide heads {spec.heads} and d_ff {spec.d_ff}"
+                                 f"{_divisors(math.gcd(spec.heads, spec.d_ff))}", field="tp")
         if spec.layers % pp:
-            raise CostModelError(f"pp {pp} does not divide the {spec.layers} layers", field="pp")
+            raise CostModelError(f"pp {pp} does not divide the {spec.layers} layers{_divisors(spec.layers)}",
+                                 field="pp")
     elif tp > 1 or pp > 1:
         raise CostModelError(f"tensor/pipeline parallelism is modelled for transformers only, not {spec.arch}",
                              field="tp")
@@ -344,21 +373,17 @@ def estimate(model, hardware: str | Hardware = "a100-80gb", workload: Workload |
     spec = load_model(model, models_dir)
     hw = load_hardware(hardware, hardware_dir)
     mo, ho, wo = split_overrides(overrides)
-    if isinstance(workload, Workload):
-        wl = workload
-        if kw or wo:
-            wl = Workload.model_validate({**wl.model_dump(), **kw, **wo})
-    else:
-        from pydantic import ValidationError
-        try:
+    from pydantic import ValidationError
+    try:
+        if isinstance(workload, Workload):
+            wl = workload
+            if kw or wo:
+                wl = Workload.model_validate({**wl.model_dump(), **kw, **wo})
+        else:
             wl = Workload.model_validate({**(workload or {}), **kw, **wo})
-        except ValidationError as e:
-            err = e.errors()[0]
-            f = ".".join(str(x) for x in err["loc"])
-            if err["type"] == "extra_forbidden":
-                raise CostModelError(f"unknown workload field{suggest(f, Workload.model_fields)} "
-                                     f"(valid: {', '.join(Workload.model_fields)})", field=f) from None
-            raise CostModelError(f"{err['msg']} (got {err.get('input')!r})", field=f) from None
+    except ValidationError as e:
+        from .catalog import first_error, validation_error
+        raise validation_error(first_error(e), Workload) from None
     spec = _apply_overrides(spec, mo, "model.")
     hw = _apply_overrides(hw, ho, "hardware.")
     return estimate_resolved(spec, hw, wl)
@@ -431,137 +456,18 @@ def _units_per_sample(r: Resolved) -> float:
 
 
 def _train(r: Resolved) -> Report:
-    spec, hw, wl = r.spec, r.hw, r.wl
-    p = Precision.of(r.precision)
-    tp, pp, dp = wl.tp, wl.pp, r.dp
-    mb = r.micro_batch
-    # per device, one micro-batch (heads / d_ff split by tp)
-    dev_tree, costs, memo = _built(r, _shape(r, mb, training=True, tp=tp), p)
-    if tp == 1:
-        full_tree, full_memo = dev_tree, memo
-    else:
-        full_tree, _, full_memo = _built(r, _shape(r, mb, training=True, tp=1), p)
-    sums = full_memo.get("train_sums")
-    if sums is None:
-        full_ops = full_memo["ops"] or _flatten(full_tree)
-        sums = full_memo["train_sums"] = (
-            full_ops, sum(m * o.fwd_flops for _, m, o in full_ops), sum(m * o.bwd_flops for _, m, o in full_ops),
-            sum(m * o.matmul_flops for _, m, o in full_ops), sum(m * o.bwd_matmul_flops for _, m, o in full_ops),
-            int(sum(m * o.params for _, m, o in full_ops)))
-    full_ops = sums[0]
-
-    # --- model-level FLOPs for the whole global batch (all devices) -------------
-    scale = wl.batch / mb                         # micro-batch tree -> global batch
-    fwd_flops = scale * sums[1]
-    bwd_flops = scale * sums[2]
-    fwd_mm = scale * sums[3]
-    bwd_mm = scale * sums[4]
-    params = sums[5]
-    shapes = [s for _, m, o in full_ops for _ in range(m) for s in o.param_shapes] if wl.optimizer == "adafactor" else None
-
-    # recompute (per device, per micro-batch, whole model depth)
-    rec = memo.get(("recompute", wl.recompute))
-    if rec is None:
-        quad = [c for c in costs if c.op.quadratic]
-        if wl.recompute == "full":     # re-run every block's forward (Chen et al. 2016; Korthikanti sec. 5)
-            rec_costs = [c for c in costs if "/layer" in c.path or "/block" in c.path]
-        elif wl.recompute == "selective":   # re-run only the attention core (Korthikanti et al. 2022)
-            rec_costs = [] if wl.flash else quad
-        else:
-            rec_costs = []
-        rec = memo[("recompute", wl.recompute)] = (sum(c.count * c.op.fwd_flops for c in rec_costs),
-                                                   sum(c.count * c.fwd_time for c in rec_costs))
-    rec_flops_dev = rec[0]
-    rec_time = rec[1] / pp
-    rec_flops = rec_flops_dev * (tp if tp > 1 else 1) * wl.batch / mb / 1  # model-level (approx: tp-split)
-
-    # --- time per device per step -------------------------------------------
-    dev_sums = memo.get("dev_sums")
-    if dev_sums is None:
-        dev_sums = memo["dev_sums"] = (sum(c.count * c.fwd_time for c in costs),
-                                       sum(c.count * c.bwd_time for c in costs),
-                                       sum(c.count * c.op.params for c in costs),
-                                       _intensity(costs), _bound(costs))
-    fwd_t = dev_sums[0] / pp
-    bwd_t = dev_sums[1] / pp
-    m_acc = r.accum
-    dtypes = state_dtypes(r.precision, wl.master_weights, wl.fp32_grads)
-    dev_params = dev_sums[2] / pp
-    # optimizer step: memory-bound update reading/writing every state once (sharded under ZeRO>=1)
-    opt_state = (optimizer_state_bytes(wl.optimizer, shapes, dtypes["state"]) * (dev_params / params if params else 0)
-                 if shapes is not None else
-                 optimizer_state_bytes(wl.optimizer, [(1,)], dtypes["state"]) * dev_params)
-    shard_opt = dp if wl.zero >= 1 else 1
-    opt_bytes_moved = (dev_params * (2 * (dtypes["master"] or dtypes["weight"]) + dtypes["grad"]
-                                     + (dtypes["weight"] if dtypes["master"] else 0)) + 2 * opt_state) / shard_opt
-    opt_time = opt_bytes_moved / (hw.memory.bandwidth * memory_efficiency(hw))
-    compute_t = m_acc * (fwd_t + bwd_t + rec_time)
-
-    # --- communication (comm.py) ---------------------------------------------
-    cm = commmod.step_comm(r, spec, p, dev_params, dtypes, costs, bwd_t * m_acc)
-    bubble = (pp - 1) / (m_acc * wl.interleave) * compute_t if pp > 1 else 0.0
-    step_t = compute_t + opt_time + cm["exposed_s"] + bubble
-
-    # --- memory ledger per device ---------------------------------------------
-    wshard = dp if wl.zero >= 3 else 1
-    gshard = dp if wl.zero >= 2 else 1
-    weight_b = dev_params * dtypes["weight"] / wshard
-    grad_b = dev_params * dtypes["grad"] / gshard
-    master_b = dev_params * dtypes["master"] / shard_opt
-    optim_b = opt_state / shard_opt
-    akey = ("activations", wl.recompute, wl.sequence_parallel, wl.tp)
-    act_b = memo.get(akey)
-    if act_b is None:
-        act_b = memo[akey] = activation_bytes(costs, r, p, spec)
-    inflight = min(pp, m_acc) if pp > 1 else 1
-    act_dev = act_b["per_micro"] / pp * inflight + act_b["working"]
-    if wl.sequence_parallel and tp > 1:
-        act_dev = act_dev  # already applied per op in activation_bytes
-    states = weight_b + grad_b + master_b + optim_b
-    slack = wl.allocator_slack * (states + act_dev)
-    total = states + act_dev + slack + wl.cuda_context_bytes
-    cap = hw.memory.capacity_bytes
-    per_sample_act = act_b["per_micro"] / pp * inflight / mb if mb else 0
-    free_for_act = (cap - wl.cuda_context_bytes) / (1 + wl.allocator_slack) - states - act_b["working"]
-    max_mb = int(free_for_act // per_sample_act) if per_sample_act > 0 and free_for_act > 0 else 0
-
-    # --- throughput, MFU, run -------------------------------------------------
-    per_sample = _units_per_sample(r)
-    samples_s = wl.batch / step_t if step_t > 0 else 0.0
-    peak = hw.peak_flops(r.precision)
-    model_flops = fwd_flops + bwd_flops
-    mfu = model_flops / (step_t * r.gpus * peak) if step_t > 0 else 0.0
-    hfu = (model_flops + rec_flops) / (step_t * r.gpus * peak) if step_t > 0 else 0.0
-    run = commmod.run_totals(r, step_t, samples_s * per_sample, model_flops, params)
-
-    mem_lines = [("weights", weight_b), ("gradients", grad_b), ("master weights (fp32)", master_b),
-                 (f"optimizer states ({wl.optimizer})", optim_b), ("activations", act_dev),
-                 (f"allocator slack ({wl.allocator_slack:.0%})", slack), ("CUDA context", wl.cuda_context_bytes)]
-    values = {
-        "params": params,
-        "forward_flops": fwd_flops, "backward_flops": bwd_flops, "recompute_flops": rec_flops,
-        "step_flops": fwd_flops + bwd_flops + rec_flops,
-        "forward_matmul_flops": fwd_mm, "backward_matmul_flops": bwd_mm,
-        "six_nd_flops": 6.0 * params * wl.batch * per_sample if _model_kind(spec) == "token" else None,
-        "weight_bytes": weight_b, "gradient_bytes": grad_b, "master_weight_bytes": master_b,
-        "optimizer_bytes": optim_b, "activation_bytes": act_dev,
-        "activation_bytes_per_micro_batch": act_b["per_micro"] / pp,
-        "kv_cache_bytes": 0.0,
-        "overhead_bytes": slack + wl.cuda_context_bytes,
-        "total_memory_bytes": total, "memory_capacity_bytes": cap, "fits": total <= cap,
-        "memory_headroom_bytes": cap - total, "max_batch": max_mb * r.dp * m_acc if max_mb else 0,
-        "max_micro_batch": max_mb,
-        "forward_time_s": fwd_t * m_acc, "backward_time_s": bwd_t * m_acc, "recompute_time_s": rec_time * m_acc,
-        "optimizer_time_s": opt_time, "comm_time_s": cm["total_s"], "exposed_comm_time_s": cm["exposed_s"],
-        "comm": cm["detail"], "bubble_time_s": bubble, "step_time_s": step_t,
-        "arithmetic_intensity": dev_sums[3], "bound": dev_sums[4],
-        "mfu": mfu, "hfu": hfu,
-        ("tokens_per_s" if _model_kind(spec) == "token" else "samples_per_s"):
-            samples_s * per_sample if _model_kind(spec) == "token" else samples_s,
-    }
-    if _model_kind(spec) == "token":
-        values["samples_per_s"] = samples_s
-    values.update(run)
+    """Training step on one device: roofline time of the busiest pipeline stage,
+    its memory ledger, communication, bubble, and the whole run. The
+    micro-batch-shape work (trees, op costs, their sums) is cached per shape in
+    ``train_profiles``; everything else is arithmetic in ``_train_values``
+    (the planner reuses both)."""
+    spec, hw = r.spec, r.hw
+    prof, fprof, costs, dev_tree, memo = train_profiles(r)
+    values, mem_lines = _train_values(r, prof, fprof)
+    ib = memo.get("intensity_bound")
+    if ib is None:
+        ib = memo["intensity_bound"] = (_intensity(costs), _bound(costs))
+    values["arithmetic_intensity"], values["bound"] = ib
     rep = Report(spec.name, hw.name, _workload_dict(r), values, costs, dev_tree, memory_lines=mem_lines)
     if r.explain:
         from .explain import explain_train
@@ -569,57 +475,390 @@ def _train(r: Resolved) -> Report:
     return rep
 
 
-def activation_bytes(costs: list[OpCost], r: Resolved, p: Precision, spec) -> dict:
+def train_profiles(r: Resolved):
+    """(device profile, model profile, op costs, device tree, memo) for r's
+    micro-batch shape: the device tree has heads / d_ff split by tp; the model
+    profile sums the unsplit (tp = 1) tree. Memoized in ``r.cache``."""
+    p = Precision.of(r.precision)
+    tp, mb = r.wl.tp, r.micro_batch
+    dev_tree, costs, memo = _built(r, _shape(r, mb, training=True, tp=tp), p)
+    if tp == 1:
+        full_tree, full_memo = dev_tree, memo
+    else:
+        full_tree, _, full_memo = _built(r, _shape(r, mb, training=True, tp=1), p)
+    prof = memo.get("train_profile")
+    if prof is None:
+        prof = memo["train_profile"] = _train_profile(r, costs, p)
+    fprof = full_memo.get("model_profile")
+    if fprof is None:
+        fprof = full_memo["model_profile"] = _model_profile(full_memo["ops"] or _flatten(full_tree), r.wl.flash)
+    return prof, fprof, costs, dev_tree, memo
+
+
+# Segments of a transformer for pipeline stages: ops before the first repeated
+# layer (embeddings: first stage), the layers (split evenly over pp), ops
+# between two stacks (encoder final norm, decoder embeddings: spread), and ops
+# after the last layer (final norm, LM head, loss: last stage).
+_SEGS = ("pre", "layer", "mid", "post")
+
+
+def _segments(paths: list[str]) -> list[str]:
+    idx = [i for i, pth in enumerate(paths) if "/layer/" in pth]
+    if not idx:
+        return ["pre"] * len(paths)
+    i0, i1 = idx[0], idx[-1]
+    return ["layer" if "/layer/" in pth else ("pre" if i < i0 else "post" if i > i1 else "mid")
+            for i, pth in enumerate(paths)]
+
+
+def _in_block(path: str) -> bool:
+    """Ops of a repeated layer / residual block: what full recomputation re-runs."""
+    return "/layer" in path or "/block" in path
+
+
+def _block_input(o: Op, p: Precision) -> float:
+    """Bytes of a block's input (what full recomputation keeps), from its first op."""
+    d = o.dims
+    if o.kind == "norm":
+        return d["rows"] * d["dim"] * p.act_bytes
+    if o.kind == "linear":
+        return d["tokens"] * d["d_in"] * p.act_bytes
+    if o.kind == "conv2d":
+        return d["n"] * d["c_in"] * d["h"] * d["w"] * p.act_bytes
+    if o.kind == "rnn":
+        return d["batch"] * d["seq"] * d["d_in"] * p.act_bytes
+    return 0.0
+
+
+def _quad_saved(o: Op, act_bytes: int) -> float:
+    """Bytes of seq x seq tensors among an op's saved tensors -- what selective
+    recomputation drops (Korthikanti et al. 2022, sec. 5: softmax output,
+    attention-dropout mask, the probabilities the PV product keeps). QK^T keeps
+    Q and K (s x d_head); PV keeps V; flash attention keeps no s x s tensor."""
+    if not o.quadratic or o.kind == "flash_attention":
+        return 0.0
+    if o.kind == "bmm":
+        if o.name.endswith("values"):
+            d = o.dims
+            return max(0.0, o.saved_bytes - d["batch"] * d["k"] * d["n"] * act_bytes)
+        return 0.0
+    return o.saved_bytes
+
+
+def _vocab_split(o: Op, spec, tp: int) -> int:
+    """Megatron-LM splits the vocabulary over the tensor-parallel group:
+    vocabulary-parallel embedding, column-parallel LM head and parallel
+    cross-entropy (Shoeybi et al. 2019, sec. 3). The divisor of the op's
+    work (1: not split, or the builder already split it)."""
+    if tp == 1 or not isinstance(spec, TransformerSpec):
+        return 1
+    v = spec.vocab_size
+    if o.kind == "linear" and o.name == "lm_head" and o.dims.get("d_out") == v:
+        return tp
+    if o.kind == "cross_entropy" and o.dims.get("vocab") == v:
+        return tp
+    return 1
+
+
+def _train_profile(r: Resolved, costs: list[OpCost], p: Precision) -> dict:
+    """Per-device, per-micro-batch sums by segment, for every recomputation and
+    sequence-parallel choice at once (cached with the op costs)."""
+    spec, tp, flash = r.spec, r.wl.tp, r.wl.flash
+    keys = ("fwd", "bwd", "params", "saved", "repl", "quad", "bk_saved", "bk_repl", "bk_quad", "bk_inputs",
+            "rec_full", "rec_sel")
+    P: dict = {k: dict.fromkeys(_SEGS, 0.0) for k in keys}
+    blocks: dict = {}
+    units: dict = {}           # block -> parameters of one instance (a ZeRO-3 / FSDP unit)
+    tied = 0.0
+    vocab = getattr(spec, "vocab_size", None)
+    for c, s in zip(costs, _segments([c.path for c in costs])):
+        o, n = c.op, c.count
+        k = _vocab_split(o, spec, tp)
+        P["fwd"][s] += n * c.fwd_time / k
+        P["bwd"][s] += n * c.bwd_time / k
+        prm = o.params / k
+        if tp > 1 and o.kind == "embedding" and o.name == "token" and o.dims.get("rows") == vocab:
+            prm = o.params / tp
+            if o.params and not tied:
+                tied = prm
+        elif o.kind == "embedding" and o.name == "token" and o.params and not tied:
+            tied = prm
+        P["params"][s] += n * prm
+        sb = o.saved_bytes / (k if o.kind == "cross_entropy" else 1)
+        rp = sb if _replicated(c) else 0.0
+        qd = _quad_saved(o, p.act_bytes)
+        if _in_block(c.path):
+            key = c.path.rsplit("/", 1)[0]
+            b = blocks.get(key)
+            if b is None:
+                b = blocks[key] = [0.0, 0.0, 0.0, _block_input(o, p), n, s]
+            b[0] += sb
+            b[1] += rp
+            b[2] += qd
+            units[key] = units.get(key, 0.0) + prm
+            P["bk_saved"][s] += n * sb
+            P["bk_repl"][s] += n * rp
+            P["bk_quad"][s] += n * qd
+            P["rec_full"][s] += n * c.fwd_time / k
+        else:
+            P["saved"][s] += n * sb
+            P["repl"][s] += n * rp
+            P["quad"][s] += n * qd
+            units[c.path] = prm
+        if o.quadratic and not flash:
+            P["rec_sel"][s] += n * c.fwd_time
+    for sv, rp, qd, inp, n, s in blocks.values():
+        P["bk_inputs"][s] += n * inp
+    P["working"] = max((b[0] for b in blocks.values()), default=0.0)
+    P["working_sp"] = max((b[0] - b[1] * (1 - 1 / tp) for b in blocks.values()), default=0.0)
+    layer = next((b for key, b in blocks.items() if key.endswith("/layer")), None)
+    P["layer_one"] = tuple(layer[:4]) if layer else None
+    P["max_unit_params"] = max(units.values(), default=0.0)
+    P["tied_params"] = tied if (isinstance(spec, TransformerSpec) and spec.tied_embeddings and spec.lm_head) else 0.0
+    return P
+
+
+def _model_profile(full_ops: list, flash: bool) -> dict:
+    """Model-level (all devices, one micro-batch) FLOP and parameter sums."""
+    F = dict(fwd=0.0, bwd=0.0, mm=0.0, bmm=0.0, flash_mm=0.0, rec_full=0.0, rec_full_mm=0.0, rec_sel=0.0,
+             rec_sel_mm=0.0, params=0)
+    for path, m, o in full_ops:
+        F["fwd"] += m * o.fwd_flops
+        F["bwd"] += m * o.bwd_flops
+        F["mm"] += m * o.matmul_flops
+        F["bmm"] += m * o.bwd_matmul_flops
+        F["params"] += m * o.params
+        if o.kind == "flash_attention":
+            F["flash_mm"] += m * o.matmul_flops
+        if _in_block(path):
+            F["rec_full"] += m * o.fwd_flops
+            F["rec_full_mm"] += m * o.matmul_flops
+        if o.quadratic and not flash:
+            F["rec_sel"] += m * o.fwd_flops
+            F["rec_sel_mm"] += m * o.matmul_flops
+    F["params"] = int(F["params"])
+    F["ops"] = full_ops
+    F["opt"] = {}
+    return F
+
+
+def _opt_total(F: dict, optimizer: str, state_bytes: int) -> float:
+    """Optimizer-state bytes of the whole model (exact per parameter tensor)."""
+    key = (optimizer, state_bytes)
+    if key not in F["opt"]:
+        if optimizer in ("adafactor", "adam-8bit"):
+            F["opt"][key] = float(sum(m * optimizer_state_bytes(optimizer, o.param_shapes, state_bytes)
+                                      for _, m, o in F["ops"] if o.param_shapes))
+        else:
+            F["opt"][key] = F["params"] * optimizer_state_bytes_per_param(optimizer, state_bytes)
+    return F["opt"][key]
+
+
+def _stage_sum(d: dict, which: str, pp: int) -> float:
+    """A per-segment quantity on one pipeline stage: 'all' (pp = 1), 'first'
+    (embeddings + layers/pp) or 'last' (layers/pp + final norm, head, loss)."""
+    if which == "all":
+        return d["pre"] + d["layer"] + d["mid"] + d["post"]
+    return (d["layer"] + d["mid"]) / pp + (d["pre"] if which == "first" else d["post"])
+
+
+def _seg_activations(P: dict, mode: str, sp: int) -> dict:
+    """Saved-for-backward bytes per segment, one micro-batch, for a recompute
+    mode; ``sp``: sequence-parallel divisor of the replicated tensors."""
+    out = {}
+    f = 1 - 1 / sp
+    for s in _SEGS:
+        a = P["saved"][s] - P["repl"][s] * f
+        if mode == "full":
+            b = P["bk_inputs"][s] / sp
+        else:
+            b = P["bk_saved"][s] - P["bk_repl"][s] * f
+        if mode == "selective":
+            a -= P["quad"][s]
+            b -= P["bk_quad"][s]
+        out[s] = a + b
+    return out
+
+
+def _check_interleave(r: Resolved):
+    wl = r.wl
+    v, pp = wl.interleave, wl.pp
+    if v == 1:
+        return
+    if pp == 1:
+        raise CostModelError(f"interleave {v} needs pipeline parallelism (pp > 1)", field="interleave")
+    layers = commmod._layers(r.spec)
+    if layers % (pp * v):
+        raise CostModelError(f"pp {pp} x interleave {v} = {pp * v} does not divide the {layers} layers",
+                             field="interleave")
+    if r.accum % pp:
+        raise CostModelError(f"the interleaved schedule needs the micro-batches per step ({r.accum}) to be a "
+                             f"multiple of pp {pp} (Narayanan et al. 2021, sec. 2.2.2)", field="micro_batch")
+
+
+def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
+    """Everything of a training step from the cached profiles (no tree walk).
+
+    Step (one device; Narayanan et al. 2021, sec. 2.2 and 3):
+        step = m * t_stage + optimizer + exposed comm + bubble,
+        t_stage = forward + backward + recompute of one micro-batch on the
+                  slowest pipeline stage, m = micro-batches per step (accum),
+        bubble = (pp - 1) / interleave * t_stage  (= (p-1)/(v m) of the ideal time;
+                 book 11.8.3 line 7365 gives the cruder N/M).
+    Memory: the larger of the first and the last stage. With 1F1B the first
+    stage keeps min(pp, m) micro-batches in flight (x (1 + (pp-1)/(pp v)) when
+    interleaved; Korthikanti et al. 2022, sec. 4.2.3), the last stage one;
+    the first holds the embeddings, the last the final norm, LM head, loss and
+    (tied weights) a copy of the word embedding.
+    """
+    spec, hw, wl = r.spec, r.hw, r.wl
+    tp, pp, dp, m, v = wl.tp, wl.pp, r.dp, r.accum, wl.interleave
+    mb = r.micro_batch
+    p = Precision.of(r.precision)
+    _check_interleave(r)
+    sp = tp if (wl.sequence_parallel and tp > 1) else 1
+    mode = wl.recompute
+    dtypes = state_dtypes(r.precision, wl.master_weights, wl.fp32_grads)
+    params = F["params"]
+    opt_bpp = _opt_total(F, wl.optimizer, dtypes["state"]) / params if params else 0.0
+    rec = P["rec_full"] if mode == "full" else P["rec_sel"] if mode == "selective" else dict.fromkeys(_SEGS, 0.0)
+    acts = _seg_activations(P, mode, sp)
+    working = (P["working_sp"] if sp > 1 else P["working"]) if mode == "full" else 0.0
+    cap = hw.memory.capacity_bytes
+    ctx, slack_f = wl.cuda_context_bytes, wl.allocator_slack
+    # ZeRO-3 materialises one unit's (layer's) full parameters to compute with,
+    # plus the next one prefetched, and its full gradient before the
+    # reduce-scatter (Rajbhandari et al. 2020 sec. 5.3; PyTorch FSDP, Zhao et al.
+    # 2023, sec. 3.2: one unit computing + one prefetched); the paper's
+    # Psi*(2+2+K)/N leaves this working set out.
+    zero3_ws = (P["max_unit_params"] * (2 * dtypes["weight"] + dtypes["grad"])
+                if wl.zero >= 3 and dp > 1 else 0.0)
+    stages = {}
+    for which in (("all",) if pp == 1 else ("first", "last")):
+        prm = _stage_sum(P["params"], which, pp) + (P["tied_params"] if which == "last" else 0.0)
+        fwd, bwd, rc = (_stage_sum(P["fwd"], which, pp), _stage_sum(P["bwd"], which, pp),
+                        _stage_sum(rec, which, pp))
+        inflight = 1.0
+        if which == "first":
+            inflight = min(pp, m) * ((1 + (pp - 1) / (pp * v)) if v > 1 else 1)
+        act_mb = _stage_sum(acts, which, pp)
+        act = act_mb * inflight + working
+        st = model_state_bytes(prm, dtypes, opt_bpp, wl.zero, dp)
+        states = sum(st.values()) + zero3_ws
+        slack = slack_f * (states + act)
+        total = states + act + slack + ctx
+        free = (cap - ctx) / (1 + slack_f) - states
+        per_sample = act / mb if mb else 0.0
+        max_mb = int(free // per_sample) if per_sample > 0 and free > 0 else 0
+        stages[which] = dict(params=prm, fwd=fwd, bwd=bwd, rec=rc, t=fwd + bwd + rc, inflight=inflight,
+                             act_mb=act_mb, act=act, st=st, slack=slack, total=total, max_mb=max_mb)
+    worst = max(stages.values(), key=lambda s: s["total"])
+    slow = max(stages.values(), key=lambda s: s["t"])
+    big = max(stages.values(), key=lambda s: s["params"])
+
+    # --- time per device per step -------------------------------------------
+    compute_t = m * slow["t"]
+    bubble = (pp - 1) / v * slow["t"] if pp > 1 else 0.0
+    shard_opt = dp if wl.zero >= 1 else 1
+    opt_bytes_moved = (big["params"] * (2 * (dtypes["master"] or dtypes["weight"]) + dtypes["grad"]
+                                        + (dtypes["weight"] if dtypes["master"] else 0))
+                       + 2 * big["params"] * opt_bpp) / shard_opt
+    opt_time = opt_bytes_moved / (hw.memory.bandwidth * memory_efficiency(hw))
+    cm = commmod.step_comm(r, spec, p, big["params"], dtypes, slow["fwd"], slow["bwd"],
+                           P["tied_params"] if pp > 1 else 0.0)
+    step_t = compute_t + opt_time + cm["exposed_s"] + bubble
+
+    # --- FLOPs for the whole global batch (all devices) -------------------------
+    scale = wl.batch / mb
+    fwd_flops, bwd_flops = scale * F["fwd"], scale * F["bwd"]
+    fwd_mm, bwd_mm = scale * F["mm"], scale * F["bmm"]
+    rec_flops = scale * (F["rec_full"] if mode == "full" else F["rec_sel"] if mode == "selective" else 0.0)
+    rec_mm = scale * (F["rec_full_mm"] if mode == "full" else F["rec_sel_mm"] if mode == "selective" else 0.0)
+    # MFU: model matmul FLOPs, backward = 2x forward (PaLM, Chowdhery et al. 2022,
+    # app. B: 6N + 12LHQT per token = exactly these products); HFU adds what is
+    # re-executed: recomputation and flash attention's in-kernel recompute of S.
+    model_flops = fwd_mm + bwd_mm - 0.5 * scale * F["flash_mm"]
+    hw_flops = fwd_mm + bwd_mm + rec_mm
+    peak = hw.peak_flops(r.precision)
+    mfu = model_flops / (step_t * r.gpus * peak) if step_t > 0 else 0.0
+    hfu = hw_flops / (step_t * r.gpus * peak) if step_t > 0 else 0.0
+
+    per_sample = _units_per_sample(r)
+    samples_s = wl.batch / step_t if step_t > 0 else 0.0
+    run = commmod.run_totals(r, step_t, samples_s * per_sample, fwd_flops + bwd_flops, params)
+
+    st = worst["st"]
+    lo = P["layer_one"]
+    layer_act = None
+    if lo is not None:
+        sv, rp, qd, inp = lo
+        layer_act = (inp / sp if mode == "full" else sv - rp * (1 - 1 / sp) - (qd if mode == "selective" else 0.0))
+    where = next(k for k, s in stages.items() if s is worst)
+    mem_lines = [("weights", st["weight"]), ("gradients", st["grad"]), ("master weights (fp32)", st["master"]),
+                 (f"optimizer states ({wl.optimizer})", st["optimizer"]),
+                 ("ZeRO-3 gathered unit (2 x params + grads)", zero3_ws),
+                 ("activations" + (f" ({worst['inflight']:g} micro-batches in flight, {where} stage)"
+                                   if pp > 1 else ""), worst["act"]),
+                 (f"allocator slack ({wl.allocator_slack:.0%})", worst["slack"]), ("CUDA context", ctx)]
+    max_mb = min(s["max_mb"] for s in stages.values())
+    kind = _model_kind(spec)
+    values = {
+        "params": params,
+        "forward_flops": fwd_flops, "backward_flops": bwd_flops, "recompute_flops": rec_flops,
+        "step_flops": fwd_flops + bwd_flops + rec_flops,
+        "forward_matmul_flops": fwd_mm, "backward_matmul_flops": bwd_mm,
+        "model_flops": model_flops, "hardware_flops": hw_flops,
+        "six_nd_flops": 6.0 * params * wl.batch * per_sample if kind == "token" else None,
+        "weight_bytes": st["weight"], "gradient_bytes": st["grad"], "master_weight_bytes": st["master"],
+        "optimizer_bytes": st["optimizer"], "activation_bytes": worst["act"],
+        "zero3_working_bytes": zero3_ws,
+        "activation_bytes_per_micro_batch": worst["act_mb"],
+        "activation_bytes_per_layer": layer_act,
+        "recompute_working_bytes": working,
+        "pipeline_in_flight": worst["inflight"],
+        "memory_stage": where,
+        "memory_by_stage": {k: s["total"] for k, s in stages.items()},
+        "params_per_device": worst["params"],
+        "kv_cache_bytes": 0.0,
+        "overhead_bytes": worst["slack"] + ctx,
+        "total_memory_bytes": worst["total"], "memory_capacity_bytes": cap, "fits": worst["total"] <= cap,
+        "memory_headroom_bytes": cap - worst["total"],
+        "max_batch": max_mb * dp * m if max_mb else 0, "max_micro_batch": max_mb,
+        "forward_time_s": slow["fwd"] * m, "backward_time_s": slow["bwd"] * m, "recompute_time_s": slow["rec"] * m,
+        "optimizer_time_s": opt_time, "comm_time_s": cm["total_s"], "exposed_comm_time_s": cm["exposed_s"],
+        "comm": cm["detail"], "bubble_time_s": bubble, "step_time_s": step_t,
+        "mfu": mfu, "hfu": hfu,
+        ("tokens_per_s" if kind == "token" else "samples_per_s"):
+            samples_s * per_sample if kind == "token" else samples_s,
+    }
+    if kind == "token":
+        values["samples_per_s"] = samples_s
+    values.update(run)
+    return values, mem_lines
+
+
+def activation_bytes(costs: list[OpCost], r: Resolved, p: Precision, spec=None) -> dict:
     """Bytes saved for backward on one device for one micro-batch (whole depth,
     before dividing by pp), and the transient working set of recomputation.
 
-    * none: every op's saved tensors (Korthikanti et al. 2022, sec. 4.1: 34sbh + 5as^2b per layer).
-    * selective: drop the seq x seq tensors of attention (sec. 5: 34sbh).
+    Per transformer layer at 16-bit (Korthikanti et al. 2022, Table 2), from the
+    ops' own saved tensors (costmodel.ops), no fudge factor:
+    * none: 34sbh + 5as^2b, plus the fp32 LayerNorm statistics (mean and rstd,
+      2 norms x 2 x 4 bytes x sb = 16sb) that the paper leaves out;
+    * selective: drop the seq x seq tensors of attention (sec. 5: 34sbh);
     * full: keep only each layer's input (2sbh per layer), plus one layer's
-      full activations while it is recomputed.
-    * sequence_parallel: tensors replicated across the TP group are split too
-      (sec. 4.2.2: sbh(34/t + 5as/(ht))).
+      full activations while it is recomputed (``working``);
+    * tensor parallel: sbh(10 + 24/t + 5as/(ht)) (sec. 4.2.1), sequence
+      parallel: sbh(34/t + 5as/(ht)) (sec. 4.2.2) -- heads and d_ff are split
+      by the builder, the replicated tensors (norm inputs, dropout masks, the
+      inputs of QKV and fc1) by ``_replicated``.
     """
     wl = r.wl
-    tp = wl.tp
-    total = 0.0
-    per_layer_full = {}
-    layer_inputs = 0.0
-    for c in costs:
-        sb = c.op.saved_bytes
-        if wl.sequence_parallel and tp > 1 and _replicated(c):
-            sb /= tp
-        if wl.recompute == "selective" and c.op.quadratic and not wl.flash:
-            sb = 0.0
-        in_layer = "/layer" in c.path or "/block" in c.path
-        if wl.recompute == "full" and in_layer:
-            key = c.path.rsplit("/", 1)[0]
-            per_layer_full[key] = per_layer_full.get(key, 0.0) + sb
-            continue
-        total += c.count * sb
-    working = 0.0
-    if wl.recompute == "full":
-        # each layer keeps its input (the residual stream), b*s*d activations
-        for c in costs:
-            if c.op.kind == "norm" and ("/layer" in c.path) and c.path.endswith(("attn.norm", "ffn.norm")):
-                pass
-        for key, v in per_layer_full.items():
-            count = max((c.count for c in costs if c.path.startswith(key + "/")), default=1)
-            first = next((c for c in costs if c.path.startswith(key + "/")), None)
-            inp = 0.0
-            if first is not None:
-                d = first.op.dims
-                if first.op.kind == "norm":
-                    inp = d["rows"] * d["dim"] * p.act_bytes
-                elif first.op.kind == "linear":
-                    inp = d["tokens"] * d["d_in"] * p.act_bytes
-                elif first.op.kind == "conv2d":
-                    inp = d["n"] * d["c_in"] * d["h"] * d["w"] * p.act_bytes
-            if wl.sequence_parallel and tp > 1:
-                inp /= tp
-            total += count * inp
-            working = max(working, v)
-    return {"per_micro": total, "working": working}
+    P = _train_profile(r, costs, p)
+    sp = wl.tp if (wl.sequence_parallel and wl.tp > 1) else 1
+    acts = _seg_activations(P, wl.recompute, sp)
+    working = (P["working_sp"] if sp > 1 else P["working"]) if wl.recompute == "full" else 0.0
+    return {"per_micro": sum(acts.values()), "working": working}
 
 
 def _replicated(c: OpCost) -> bool:
@@ -628,7 +867,7 @@ def _replicated(c: OpCost) -> bool:
         return True
     if o.kind == "dropout" and not o.quadratic:
         return True
-    if o.kind == "linear" and o.saved_bytes and c.path.endswith(("q_proj", "fc1", "gate_proj")):
+    if o.kind == "linear" and o.saved_bytes and c.path.endswith(("q_proj", "fc1", "gate_proj", "lm_head")):
         return True
     return False
 

@@ -30,18 +30,46 @@ def explain_train(rep, r) -> list[dict]:
            v["weight_bytes"], "ZeRO (Rajbhandari et al. 2020) sec. 3.1"),
         _e("optimizer_bytes", f"states({wl.optimizer}) / (dp if ZeRO>=1)", f"dp={r.dp}", v["optimizer_bytes"],
            "ZeRO sec. 3.1 (Adam: 8 B/param fp32); book 2.5.1"),
-        _e("activation_bytes", "sum of tensors saved for backward (per op) x in-flight micro-batches / pp",
-           f"recompute={wl.recompute} flash={wl.flash} micro_batch={r.micro_batch}", v["activation_bytes"],
-           "Korthikanti et al. 2022 sec. 4 (34sbh + 5as^2b per layer at 16-bit)"),
-        _e("step_time_s", "accum*(fwd+bwd+recompute)/pp + optimizer + exposed comm + bubble",
+        _e("activation_bytes", "saved-for-backward bytes of one micro-batch on the stage x in-flight "
+           "micro-batches (first stage: min(pp, accum)) + one layer's recompute working set",
+           f"recompute={wl.recompute} flash={wl.flash} micro_batch={r.micro_batch} "
+           f"per micro-batch={fmt_bytes(v['activation_bytes_per_micro_batch'])} "
+           f"in flight={v['pipeline_in_flight']:g} stage={v['memory_stage']}", v["activation_bytes"],
+           "Korthikanti et al. 2022 sec. 4 (34sbh + 5as^2b per layer at 16-bit, + 16sb fp32 norm statistics)"),
+        _e("step_time_s", "accum*(fwd+bwd+recompute of the slowest stage) + optimizer + exposed comm + bubble",
            f"accum={r.accum} fwd={fmt_time(v['forward_time_s'])} bwd={fmt_time(v['backward_time_s'])} "
+           f"recompute={fmt_time(v['recompute_time_s'])} optimizer={fmt_time(v['optimizer_time_s'])} "
            f"comm={fmt_time(v['exposed_comm_time_s'])} bubble={fmt_time(v['bubble_time_s'])}",
-           v["step_time_s"], "roofline per op (Williams et al. 2009); Narayanan et al. 2021"),
-        _e("mfu", "model FLOPs per step / (step time * devices * peak)",
-           f"peak={fmt_flops(peak)}/s devices={r.gpus}", v["mfu"], "PaLM (Chowdhery et al. 2022) app. B"),
+           v["step_time_s"], "roofline per op (Williams et al. 2009); Narayanan et al. 2021 sec. 2.2"),
+        _e("bubble_time_s", "(pp - 1) / interleave * (fwd + bwd + recompute of one micro-batch)",
+           f"pp={wl.pp} accum={r.accum} interleave={wl.interleave} -> (p-1)/(v*m) = "
+           f"{(wl.pp - 1) / (wl.interleave * r.accum):.3f} of compute", v["bubble_time_s"],
+           "Narayanan et al. 2021 sec. 2.2.1-2.2.2 (book 11.8.3 line 7365 gives ~N/M)"),
+        _e("comm_time_s", "ring all-reduce 2(N-1)/N*bytes/B, all-gather and reduce-scatter (N-1)/N*bytes/B, "
+           "p2p bytes/B, per collective; exposed = not hidden behind backward (overlap_comm)",
+           "; ".join(f"{k}: {fmt_time(d['time_s'])} on {d['link']} x{d['group']}" for k, d in v["comm"].items())
+           or "single device", v["comm_time_s"], "Thakur et al. 2005; ZeRO sec. 7; Megatron-LM sec. 3"),
+        _e("mfu", "model matmul FLOPs (6N + 12*L*s*d per token, no recomputation) / (step * devices * peak)",
+           f"model FLOPs={fmt_flops(v['model_flops'])} peak={fmt_flops(peak)}/s devices={r.gpus}", v["mfu"],
+           "PaLM (Chowdhery et al. 2022) app. B"),
+        _e("hfu", "hardware matmul FLOPs (+ recomputation) / (step * devices * peak)",
+           f"hardware FLOPs={fmt_flops(v['hardware_flops'])}", v["hfu"],
+           "PaLM app. B; Megatron's 96*B*s*l*h^2*(1 + s/6h + V/16lh) with full recompute"),
     ]
     if v.get("train_time_s"):
         out.append(_e("train_time_s", "steps * step_time", f"steps={v['steps']}", v["train_time_s"], "-"))
+        if v.get("six_nd_train_flops"):
+            ratio = v["train_flops"] / v["six_nd_train_flops"]
+            out.append(_e("train_flops", "steps * (forward + backward op FLOPs), beside 6*N*D",
+                          f"op-level {fmt_flops(v['train_flops'])} vs 6ND {fmt_flops(v['six_nd_train_flops'])} "
+                          f"(x{ratio:.4f}): 6ND counts 2 FLOPs per parameter per token forward and 4 backward; "
+                          f"the op count adds the attention products QK^T and PV (12*L*s*d per token, "
+                          + (f"+s/(6d) = +{r.seq / (6 * r.spec.d_model):.2%} for a decoder" if
+                             getattr(r.spec, "d_model", None) else "none in an RNN")
+                          + ") and elementwise work, "
+                          f"and drops the embedding lookups 6ND charges as matmuls",
+                          v["train_flops"], "Kaplan et al. 2020 sec. 2.1; PaLM app. B; Brown et al. 2020 "
+                          "(3.14e23 for GPT-3 = 6 * 174.6e9 * 300e9)"))
     if v.get("cost_usd"):
         out.append(_e("cost_usd", "device_hours * price", f"{v['device_hours']:.1f} h * "
                       f"${v['price_usd_per_device_hour']}/h", v["cost_usd"], "hardware YAML price (source, date)"))

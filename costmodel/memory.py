@@ -21,13 +21,18 @@ def optimizer_state_bytes(optimizer: str, param_shapes, state_bytes: int = 4) ->
     if optimizer in STATES:
         return STATES[optimizer] * state_bytes * n
     if optimizer == "adam-8bit":
-        return 2 * n * 1 + 2 * 4 * -(-n // 2048)
+        # per tensor; tensors under 4096 elements stay 32-bit (bitsandbytes
+        # Optimizer8bit min_8bit_size=4096): 2 fp32 states
+        total = 0
+        for s in param_shapes:
+            k = _numel(s)
+            total += 2 * 4 * k if k < 4096 else 2 * k + 2 * 4 * -(-k // 2048)
+        return total
     if optimizer == "adafactor":
         total = 0
         for s in param_shapes:
-            if len(s) >= 2:
-                rows = _numel(s[:-1])
-                total += (rows + s[-1]) * state_bytes
+            if len(s) >= 2:   # HF Adafactor: row stats shape[:-1], column stats shape[:-2] + shape[-1:]
+                total += (_numel(s[:-1]) + _numel(s[:-2]) * s[-1]) * state_bytes
             else:
                 total += _numel(s) * state_bytes
         return total
@@ -40,7 +45,31 @@ def optimizer_state_bytes_per_param(optimizer: str, state_bytes: int = 4) -> flo
         return STATES[optimizer] * state_bytes
     if optimizer == "adam-8bit":
         return 2 + 8 / 2048
-    return 0.0
+    if optimizer == "adafactor":    # factored: ~ (rows + cols) / (rows * cols) per matrix, ~0
+        return 0.0
+    raise ValueError(optimizer)
+
+
+def model_state_bytes(params: float, dtypes: dict, opt_bytes_per_param: float, zero: int = 0,
+                      dp: int = 1) -> dict:
+    """Per-device bytes of the model states of ``params`` parameters (those this
+    device holds before ZeRO sharding: its tensor/pipeline shard).
+
+    ``dtypes``: ``state_dtypes(...)``; ``opt_bytes_per_param``: optimizer-state
+    bytes per parameter (``optimizer_state_bytes_per_param``, or the
+    shape-dependent average for adafactor).
+    ZeRO (Rajbhandari et al. 2020, sec. 5.1-5.3 and Fig. 1), with K = master +
+    optimizer bytes per parameter (12 for mixed-precision Adam):
+        stage 0: Psi*(2 + 2 + K)            stage 1: Psi*(2 + 2 + K/N)
+        stage 2: Psi*(2 + (2 + K)/N)        stage 3: Psi*(2 + 2 + K)/N
+    (book 11.8.5, line 7381). The fp32 master copy belongs to the optimizer
+    state partition (stage >= 1), as in the paper's K.
+    """
+    n_opt = dp if zero >= 1 else 1
+    return {"weight": params * dtypes["weight"] / (dp if zero >= 3 else 1),
+            "grad": params * dtypes["grad"] / (dp if zero >= 2 else 1),
+            "master": params * dtypes["master"] / n_opt,
+            "optimizer": params * opt_bytes_per_param / n_opt}
 
 
 def _numel(shape) -> int:
