@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .ops import Precision, conv_out, make
-from .specs.model import CNNSpec, MLPSpec, RNNSpec, TransformerSpec, ViTSpec
+from .ops import INDEX_BYTES, Precision, conv_out, make
+from .specs.model import Biases, CNNSpec, MLPSpec, RNNSpec, TransformerSpec, ViTSpec
 from .tree import Node
 
 
@@ -45,7 +45,7 @@ def build(spec, shape: Shape, p: Precision) -> Node:
 def _attention(blk: Node, prefix: str, p: Precision, *, b: int, q_len: int, kv_len: int, d: int, heads: int,
                kv_heads: int, dh: int, bias_qkv: bool, bias_out: bool, causal: bool, drop: bool,
                flash: bool, rotary: bool, pos_bias: bool, scaled: bool, cross: bool, tp: int = 1,
-               new_kv_tokens: int | None = None):
+               new_kv_tokens: int | None = None, rotary_dims: int | None = None):
     """Multi-head attention (Vaswani et al. 2017 eq. 1; GQA: Ainslie et al. 2023).
 
     Q: d -> heads*dh over b*q_len rows; K, V: d -> kv_heads*dh over the rows
@@ -62,8 +62,9 @@ def _attention(blk: Node, prefix: str, p: Precision, *, b: int, q_len: int, kv_l
                  saves_input=cross))
     blk.add(make("linear", f"{prefix}v_proj", p, tokens=tkv, d_in=d, d_out=kvh * dh, bias=bias_qkv,
                  saves_input=False))
-    if rotary:
-        blk.add(make("rotary", f"{prefix}rotary", p, elements=tq * h * dh + tkv * kvh * dh))
+    if rotary:   # partial rotary (GPT-NeoX rotary_pct) rotates only rotary_dims of each head
+        rd = dh if rotary_dims is None else rotary_dims
+        blk.add(make("rotary", f"{prefix}rotary", p, elements=tq * h * rd + tkv * kvh * rd))
     if flash:
         blk.add(make("flash_attention", f"{prefix}flash_attention", p, batch=b, heads=h, kv_heads=kvh,
                      q_len=q_len, kv_len=kv_len, d_head=dh, causal=causal and q_len == kv_len))
@@ -96,7 +97,9 @@ def _ffn(blk: Node, p: Precision, *, tokens: int, d: int, d_ff: int, act: str, b
         blk.add(make("glu", "act", p, elements=tokens * ff, fn="silu" if act == "swiglu" else "gelu"))
     else:
         blk.add(make("linear", "fc1", p, tokens=tokens, d_in=d, d_out=ff, bias=bias))
-        blk.add(make("activation", "act", p, elements=tokens * ff, fn=act))
+        a = blk.add(make("activation", "act", p, elements=tokens * ff, fn=act))
+        if act == "relu":   # ReLU keeps its output, the very tensor fc2 saves: one storage, booked to fc2
+            a.saved_bytes = 0
     blk.add(make("linear", "fc2", p, tokens=tokens, d_in=ff, d_out=d, bias=bias))
     if drop:
         blk.add(make("dropout", "dropout", p, elements=tokens * d))
@@ -114,7 +117,7 @@ def _layer(spec: TransformerSpec, p: Precision, sh: Shape, *, name: str, count: 
     decode = kv_len is not None
 
     def norm(label):
-        blk.add(make("norm", label, p, rows=tokens, dim=d, kind=spec.norm, bias=nb))
+        return blk.add(make("norm", label, p, rows=tokens, dim=d, kind=spec.norm, bias=nb))
 
     def sublayer(label, cross):
         if pre:
@@ -126,7 +129,8 @@ def _layer(spec: TransformerSpec, p: Precision, sh: Shape, *, name: str, count: 
                    drop=drop, flash=sh.flash, rotary=(spec.position == "rotary" and not cross),
                    pos_bias=(spec.position == "relative_bias" and not cross),
                    scaled=spec.position != "relative_bias", cross=cross, tp=sh.tp,
-                   new_kv_tokens=(q_len if decode and not cross else (0 if decode and cross else None)))
+                   new_kv_tokens=(q_len if decode and not cross else (0 if decode and cross else None)),
+                   rotary_dims=int(spec.head_dim * spec.rotary_fraction))  # HF: int(head_size * rotary_pct)
         blk.add(make("add", f"{label}residual", p, elements=tokens * d))
         if not pre:
             norm(f"{label}norm")
@@ -134,8 +138,13 @@ def _layer(spec: TransformerSpec, p: Precision, sh: Shape, *, name: str, count: 
     sublayer("attn.", False)
     if cross_len:
         sublayer("cross_attn.", True)
+        for o in blk.children:   # every layer's cross k_proj saves the same encoder output: once per stack
+            if o.name == "cross_attn.k_proj":
+                o.saved_bytes /= count
     if pre:
-        norm("ffn.norm")
+        fn = norm("ffn.norm")
+        if spec.parallel_residual:   # reads the layer input x, already saved by attn.norm: keep only its stats
+            fn.saved_bytes -= tokens * d * p.act_bytes
     _ffn(blk, p, tokens=tokens, d=d, d_ff=spec.d_ff, act=spec.activation, bias=spec.biases.ffn, drop=drop, tp=sh.tp)
     blk.add(make("add", "ffn.residual", p, elements=tokens * d))
     if not pre:
@@ -154,7 +163,12 @@ def _embeddings(spec: TransformerSpec, p: Precision, sh: Shape, seq: int, *, sha
     n_sum = 1
     if spec.position == "learned":
         # position ids are (1, seq) and broadcast over the batch (HF GPT-2/BERT)
-        node.add(make("embedding", "position", p, tokens=seq, rows=spec.max_positions + spec.position_offset, dim=d))
+        pos = node.add(make("embedding", "position", p, tokens=seq, rows=spec.max_positions + spec.position_offset,
+                            dim=d))
+        # backward: the broadcast's gradient is first summed over the batch ((b-1)*seq*d adds,
+        # reading all b*seq*d gradient elements), then scatter-added into the table (seq*d)
+        pos.bwd_flops = t * d
+        pos.bwd_bytes += (t - seq) * d * p.act_bytes
         n_sum += 1
     elif spec.position == "sinusoidal":
         n_sum += 1
@@ -175,7 +189,9 @@ def _stack(spec, p, sh, *, name, layers, seq, causal, cross_len=0, shared_tokens
     st.add(_embeddings(spec, p, sh, seq, shared_tokens=shared_tokens))
     if spec.position == "relative_bias":
         # T5: one (buckets x heads) table, held by the first layer and shared by all
-        st.add(make("param", "relative_attention_bias", p, shape=(spec.relative_buckets, spec.heads // sh.tp)))
+        rel = st.add(make("param", "relative_attention_bias", p, shape=(spec.relative_buckets, spec.heads // sh.tp)))
+        # computed once per stack as an embedding lookup that keeps its int64 (seq x key) bucket ids
+        rel.saved_bytes = seq * (kv_len or seq) * INDEX_BYTES if sh.training else 0
     st.add(_layer(spec, p, sh, name="layer", count=layers, q_len=seq, causal=causal, cross_len=cross_len,
                   kv_len=kv_len))
     if spec.final_norm:
@@ -187,6 +203,11 @@ def _stack(spec, p, sh, *, name, layers, seq, causal, cross_len=0, shared_tokens
 def _lm_head(spec: TransformerSpec, p: Precision, sh: Shape, seq: int) -> Node:
     head = Node("lm_head", "block")
     t = sh.batch * seq
+    if spec.lm_head_transform:   # HF BertPredictionHeadTransform: dense + activation + LayerNorm
+        head.add(make("linear", "transform.dense", p, tokens=t, d_in=spec.d_model, d_out=spec.d_model))
+        head.add(make("activation", "transform.act", p, elements=t * spec.d_model,
+                      fn={"swiglu": "silu", "geglu": "gelu"}.get(spec.activation, spec.activation)))
+        head.add(make("norm", "transform.norm", p, rows=t, dim=spec.d_model, kind=spec.norm, bias=spec.norm_bias))
     lm = head.add(make("linear", "lm_head", p, tokens=t, d_in=spec.d_model, d_out=spec.vocab_size,
                        bias=spec.biases.lm_head))
     if spec.tied_embeddings:     # weight shared with the token embedding
@@ -216,13 +237,20 @@ def build_transformer(spec: TransformerSpec, sh: Shape, p: Precision) -> Node:
                      cross_len=sh.seq, shared_tokens=not decode, kv_len=(sh.kv_len if decode else None))
         model.add(dec)
         seq_out = tgt
+    # The pooler / classifier read x[:, 0], a view: autograd keeps the whole
+    # (batch, seq, d) storage alive -- unless the LM head saves x anyway.
+    first_tok = 0 if spec.lm_head else sh.batch * seq_out * spec.d_model * p.act_bytes
     if spec.pooler:
         pool = model.add(Node("pooler", "block"))
-        pool.add(make("linear", "dense", p, tokens=sh.batch, d_in=spec.d_model, d_out=spec.d_model))
-        pool.add(make("activation", "tanh", p, elements=sh.batch * spec.d_model, fn="tanh"))
+        pool.add(make("linear", "dense", p, tokens=sh.batch, d_in=spec.d_model, d_out=spec.d_model)).saved_bytes = first_tok
+        tanh = pool.add(make("activation", "tanh", p, elements=sh.batch * spec.d_model, fn="tanh"))
+        if spec.num_classes:   # tanh keeps its output, the classifier's saved input: booked to the classifier
+            tanh.saved_bytes = 0
     if spec.num_classes:
         cls = model.add(Node("classifier", "block"))
-        cls.add(make("linear", "classifier", p, tokens=sh.batch, d_in=spec.d_model, d_out=spec.num_classes))
+        c = cls.add(make("linear", "classifier", p, tokens=sh.batch, d_in=spec.d_model, d_out=spec.num_classes))
+        if not spec.pooler:
+            c.saved_bytes = first_tok
     if spec.lm_head:
         model.add(_lm_head(spec, p, sh, seq_out))
     return model
@@ -250,13 +278,20 @@ def build_vit(spec: ViTSpec, sh: Shape, p: Precision) -> Node:
     tf = TransformerSpec(arch="transformer", name=spec.name, structure="encoder", layers=spec.layers,
                          d_model=d, heads=spec.heads, d_ff=spec.d_ff, vocab_size=1, max_positions=seq,
                          position="none", norm_position="pre", activation="gelu", dropout=spec.dropout,
-                         lm_head=False)
+                         lm_head=False, biases=Biases(qkv=spec.qkv_bias))
     enc = model.add(Node("encoder", "stack"))
     enc.add(_layer(tf, p, sh, name="layer", count=spec.layers, q_len=seq, causal=False))
     enc.add(make("norm", "final_norm", p, rows=b * seq, dim=d))
+    if spec.pooler:   # HF ViTPooler: dense + tanh on the class token
+        pool = model.add(Node("pooler", "block"))
+        # x[:, 0] is a view: autograd keeps the whole final-norm output (b, seq, d)
+        pool.add(make("linear", "dense", p, tokens=b, d_in=d, d_out=d)).saved_bytes = b * seq * d * p.act_bytes
+        pool.add(make("activation", "tanh", p, elements=b * d, fn="tanh"))
     if spec.num_classes:
         head = model.add(Node("head", "block"))
-        head.add(make("linear", "head", p, tokens=b, d_in=d, d_out=spec.num_classes))
+        hd = head.add(make("linear", "head", p, tokens=b, d_in=d, d_out=spec.num_classes))
+        # torchvision: head(x[:, 0]), a view that keeps the whole (b, seq, d) final-norm output
+        hd.saved_bytes = 0 if spec.pooler else b * seq * d * p.act_bytes
     return model
 
 
@@ -347,7 +382,9 @@ def build_cnn(spec: CNNSpec, sh: Shape, p: Precision) -> Node:
                 _bn(cur, p, st, name, n)
             elif t in ("relu", "gelu", "silu", "tanh", "sigmoid"):
                 op = cur.add(make("activation", name, p, elements=n * st.c * st.h * st.w, fn=t))
-                if t == "relu" and nxt in ("conv", "maxpool", "linear", "flatten", None):
+                nxt_saves = nxt in ("conv", "maxpool", "avgpool", "adaptive_maxpool", "linear", "flatten", None) or (
+                    nxt == "adaptive_avgpool" and layers[li + 1].output != 1)
+                if t == "relu" and nxt_saves:
                     op.saved_bytes = 0
             elif t in ("maxpool", "avgpool"):
                 s = L.stride or L.kernel
@@ -360,8 +397,12 @@ def build_cnn(spec: CNNSpec, sh: Shape, p: Precision) -> Node:
             elif t in ("adaptive_avgpool", "adaptive_maxpool"):
                 o = L.output
                 win = max(1, -(-st.h // o)) * max(1, -(-st.w // o))
+                # A global average (1x1) is torch's mean, which keeps nothing -- but after a ResNet
+                # stage the in-place ReLU before it keeps that same tensor: booked here, its consumer.
+                keeps = o != 1 or (li > 0 and layers[li - 1].type == "resnet_stage")
                 cur.add(make("pool", name, p, n=n, channels=st.c, h_out=o, w_out=o, window=win,
-                             kind="avg" if t == "adaptive_avgpool" else "max", h_in=st.h, w_in=st.w))
+                             kind="avg" if t == "adaptive_avgpool" else "max", h_in=st.h, w_in=st.w,
+                             saves_input=keeps))
                 st.h, st.w = o, o
             elif t == "flatten":
                 st.flat = st.c * st.h * st.w
@@ -399,14 +440,15 @@ def build_rnn(spec: RNNSpec, sh: Shape, p: Precision) -> Node:
         emb.add(make("embedding", "token", p, tokens=b * s, rows=spec.vocab_size, dim=spec.input_size))
     st = model.add(Node("recurrent", "stack"))
     st.add(make("rnn", "layer0", p, cell=spec.cell, batch=b, seq=s, d_in=spec.input_size, hidden=spec.hidden_size,
-                directions=dirs, bias=spec.bias))
+                directions=dirs, bias=spec.bias, input_grad=bool(spec.vocab_size)))
     if spec.layers > 1:
         blk = st.add(Node("layers", "block", count=spec.layers - 1))
         blk.add(make("rnn", "layer", p, cell=spec.cell, batch=b, seq=s, d_in=spec.hidden_size * dirs,
                      hidden=spec.hidden_size, directions=dirs, bias=spec.bias))
     if spec.num_classes:
         head = model.add(Node("head", "block"))
-        head.add(make("linear", "classifier", p, tokens=b, d_in=spec.hidden_size * dirs, d_out=spec.num_classes))
+        c = head.add(make("linear", "classifier", p, tokens=b, d_in=spec.hidden_size * dirs, d_out=spec.num_classes))
+        c.saved_bytes = b * s * spec.hidden_size * dirs * p.act_bytes   # y[:, -1] is a view: keeps all of y
     return model
 
 
@@ -415,10 +457,14 @@ def build_mlp(spec: MLPSpec, sh: Shape, p: Precision) -> Node:
     model = Node(spec.name, "model")
     blk = model.add(Node("layers", "block"))
     d = spec.input_size
+    drop = sh.training and spec.dropout > 0
     for i, h in enumerate(spec.hidden):
-        blk.add(make("linear", f"fc{i}", p, tokens=b, d_in=d, d_out=h, bias=spec.bias))
-        blk.add(make("activation", f"act{i}", p, elements=b * h, fn=spec.activation))
-        if sh.training and spec.dropout > 0:
+        # the input is data: the first layer computes no input gradient
+        blk.add(make("linear", f"fc{i}", p, tokens=b, d_in=d, d_out=h, bias=spec.bias, input_grad=i > 0))
+        a = blk.add(make("activation", f"act{i}", p, elements=b * h, fn=spec.activation))
+        if spec.activation in ("relu", "tanh", "sigmoid") and not drop:
+            a.saved_bytes = 0   # keeps its output, which the next linear saves: one storage, booked there
+        if drop:
             blk.add(make("dropout", f"dropout{i}", p, elements=b * h))
         d = h
     blk.add(make("linear", "out", p, tokens=b, d_in=d, d_out=spec.output_size, bias=spec.bias))

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import os
+import re
+import types
+import typing
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .errors import CostModelError, suggest
+from .errors import CostModelError, clip, loc_path, pydantic_message, suggest
 from .specs.hardware import Hardware
-from .specs.model import ModelSpec
+from .specs.model import CNNSpec, ModelSpec
 from .yamlio import Located, load_file
 
 _PKG = Path(__file__).resolve().parent
@@ -48,115 +51,226 @@ def hardware_names(extra_dirs=()) -> dict[str, Path]:
 _MODEL_ADAPTER = TypeAdapter(ModelSpec)
 
 
-def pydantic_error(e: ValidationError, loc: Located, prefix: str = "") -> CostModelError:
-    """The first validation error as a one-line CostModelError with file:line."""
-    err = e.errors()[0]
-    parts = []
-    for p in err["loc"]:
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        else:
-            # discriminated unions insert the tag ('transformer', 'conv') into the location
-            parts.append(("." if parts else "") + str(p))
-    path = "".join(parts)
-    # drop union tags that are not real fields
-    clean = _clean_path(path, loc)
-    msg = err["msg"]
-    typ = err["type"]
-    if typ == "extra_forbidden":
-        msg = "unknown field"
-        parent = clean.rsplit(".", 1)[0] if "." in clean else ""
-        known = _known_fields(err, e)
-        if known:
-            msg += suggest(clean.rsplit(".", 1)[-1], known) or f" (expected one of: {', '.join(sorted(known))})"
-    elif typ == "missing":
-        msg = "missing required field"
-    elif typ in ("union_tag_invalid", "union_tag_not_found"):
-        ctx = err.get("ctx", {})
-        msg = f"{err['msg']}"
-        if "tag" in ctx and "expected_tags" in ctx:
-            msg = f"unknown value {ctx['tag']!r} (expected one of: {ctx['expected_tags']})"
-    else:
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        inp = err.get("input")
-        if not isinstance(inp, (dict, list)) and typ != "value_error":
-            msg = f"{msg} (got {inp!r})"
-    line = loc.line_of(prefix + clean if prefix else clean)
-    return CostModelError(msg, file=loc.file, line=line, field=(prefix + clean) or None)
-
-
-def _clean_path(path: str, loc: Located) -> str:
-    # remove discriminator tags that pydantic puts in loc (e.g. 'transformer.layers' -> 'layers')
-    segs = path.split(".")
-    out = []
-    cur = ""
-    for s in segs:
-        cand = f"{cur}.{s}" if cur else s
-        base = s.split("[")[0]
-        if base in ("transformer", "vit", "cnn", "rnn", "mlp", "conv", "bn", "relu", "gelu", "silu", "tanh",
-                    "sigmoid", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "flatten",
-                    "linear", "dropout", "resnet_stage") and cand not in loc.lines:
-            rest = s[len(base):]
-            if rest:
-                cur = cur + rest
+def _unwrap(ann):
+    """('union', members) | ('list', item) | ('dict', value) | ('model', cls) | ('leaf', ann)."""
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is typing.Annotated:
+            ann = typing.get_args(ann)[0]
             continue
-        cur = cand
-        out.append(s)
-    return cur
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if len(args) == 1:
+                ann = args[0]
+                continue
+            return "union", args
+        break
+    if origin in (list, tuple, set):
+        args = typing.get_args(ann)
+        return "list", (args[0] if args else Any)
+    if origin is dict:
+        args = typing.get_args(ann)
+        return "dict", (args[1] if len(args) == 2 else Any)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return "model", ann
+    return "leaf", ann
 
 
-def _known_fields(err, e: ValidationError) -> list[str]:
-    return []
+def _union_member(members, tag):
+    """The member of a discriminated union (on 'arch' or 'type') whose tag is ``tag``."""
+    for m in members:
+        kind, cls = _unwrap(m)
+        if kind != "model":
+            continue
+        for disc in ("arch", "type"):
+            f = cls.model_fields.get(disc)
+            if f is not None and tag in typing.get_args(f.annotation):
+                return cls
+    return None
+
+
+def _field(cls, name):
+    f = cls.model_fields.get(name)
+    if f is None:
+        f = next((v for v in cls.model_fields.values() if v.alias == name), None)
+    return f
+
+
+def field_names(cls) -> list[str]:
+    return [f.alias or k for k, f in cls.model_fields.items()]
+
+
+def clean_loc(root, loc) -> tuple[tuple, Any, Any]:
+    """Drop the discriminated-union tags pydantic puts into an error location
+    (('transformer', 'heads') -> ('heads',); ('cnn', 'layers', 3, 'conv', 'kernel')
+    -> ('layers', 3, 'kernel')), by walking the schema rather than guessing from
+    names.  Returns (clean loc, model class holding the last element or None,
+    annotation reached at the end)."""
+    ann, out, holder = root, [], None
+    for p in loc:
+        kind, x = _unwrap(ann)
+        if kind == "union":
+            member = _union_member(x, p) if isinstance(p, str) else None
+            if member is not None:
+                ann = member
+                continue
+            holder, ann = None, Any
+        elif kind == "model":
+            holder = x
+            f = _field(x, p) if isinstance(p, str) else None
+            ann = f.annotation if f is not None else Any
+        elif kind in ("list", "dict"):
+            holder, ann = None, x
+        else:
+            holder, ann = None, Any
+        out.append(p)
+    return tuple(out), holder, ann
+
+
+def _describe(f) -> str:
+    ann = f.annotation
+    kind, x = _unwrap(ann)
+    if kind == "model":
+        return "a mapping of fields"
+    if kind == "list":
+        return "a list"
+    if typing.get_origin(x) is typing.Literal:
+        return "one of: " + ", ".join(str(a) for a in typing.get_args(x))
+    bound = next((f"> {m.gt}" for m in f.metadata if getattr(m, "gt", None) is not None), "")
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+    return (names.get(x, "a value") + (" " + bound if bound and x in (int, float) else "")).strip()
+
+
+def pydantic_error(e: ValidationError, loc: Located, prefix: str = "", root=None) -> CostModelError:
+    """The first validation error as a one-line CostModelError with file:line.
+    ``root``: the schema validated against (ModelSpec by default)."""
+    return validation_error(first_error(e), root if root is not None else ModelSpec, loc=loc, prefix=prefix)
+
+
+def first_error(e: ValidationError) -> dict:
+    """The error to show: an unknown field first (a misspelt name also shows up
+    as the 'missing' field it was meant to be, and only the unknown one can say
+    'did you mean'), else pydantic's first."""
+    errs = e.errors()
+    return next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
+
+
+def validation_error(err: dict, root, loc: Located | None = None, prefix: str = "") -> CostModelError:
+    """One pydantic error dict -> CostModelError: field path without union tags,
+    close-name suggestions for unknown fields, the line of the field in the file."""
+    path_loc, holder, reached = clean_loc(root, err["loc"])
+    msg = pydantic_message(err)
+    typ = err["type"]
+    if typ == "extra_forbidden" and holder is not None:
+        fields = field_names(holder)
+        msg = "unknown field" + (suggest(str(path_loc[-1]), fields)
+                                 or f" (expected one of: {', '.join(fields)})")
+    elif typ == "missing" and holder is not None and _field(holder, path_loc[-1]) is not None:
+        msg = f"missing required field (expected {_describe(_field(holder, path_loc[-1]))})"
+    elif typ in ("union_tag_invalid", "union_tag_not_found"):
+        disc = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
+        if disc:                        # point at the arch: / type: line itself
+            path_loc = path_loc + (disc,)
+            kind, members = _unwrap(reached)
+            if typ == "union_tag_not_found" and kind == "union":
+                tags = [t for m in members for c in [_unwrap(m)[1]] if isinstance(c, type)
+                        and disc in getattr(c, "model_fields", {}) for t in typing.get_args(c.model_fields[disc].annotation)]
+                msg = f"missing required field (expected {disc}: {'|'.join(map(str, tags))})"
+    elif typ == "value_error":
+        # a model-level check ('heads (7) must divide d_model (768)') names its field first
+        kind, cls = _unwrap(reached)
+        m = re.match(r"\s*(\w+)", msg)
+        if kind == "model" and m and _field(cls, m.group(1)) is not None:
+            path_loc = path_loc + (m.group(1),)
+    path = loc_path(path_loc)
+    line = loc.line_of(path) if loc is not None else None
+    return CostModelError(msg, file=loc.file if loc is not None else None, line=line,
+                          field=(prefix + path) if path else (prefix.rstrip(".") or None))
 
 
 def _validate_model(data: Any, loc: Located):
     if not isinstance(data, dict):
-        raise CostModelError("expected a mapping of model fields", file=loc.file, line=1)
+        raise CostModelError("expected a mapping of model fields (name: value lines)", file=loc.file, line=1)
     if "arch" not in data:
         raise CostModelError("missing required field (expected arch: transformer|vit|cnn|rnn|mlp)",
                              file=loc.file, line=loc.line_of(""), field="arch")
     try:
-        return _MODEL_ADAPTER.validate_python(data)
+        spec = _MODEL_ADAPTER.validate_python(data)
     except ValidationError as e:
-        raise _with_known(e, loc, data) from None
+        raise pydantic_error(e, loc) from None
+    if isinstance(spec, CNNSpec):
+        bad = cnn_shape_problem(spec, spec.image_size)
+        if bad is not None:
+            li, what = bad
+            raise CostModelError(what, file=loc.file, line=loc.line_of(f"layers[{li}]"), field=f"layers[{li}]")
+    return spec
 
 
-def _with_known(e: ValidationError, loc: Located, data: dict) -> CostModelError:
-    err = pydantic_error(e, loc)
-    first = e.errors()[0]
-    if first["type"] == "extra_forbidden":
-        fields = _fields_at(data, first["loc"])
-        if fields:
-            name = str(first["loc"][-1])
-            hint = suggest(name, fields)
-            err = CostModelError("unknown field" + (hint or f" (expected one of: {', '.join(sorted(fields))})"),
-                                 file=err.file, line=err.line, field=err.field)
-    return err
+def cnn_shape_problem(spec: CNNSpec, image: int) -> tuple[int, str] | None:
+    """(layer index, message) for the first layer of a CNN that cannot run at
+    ``image`` x ``image`` pixels (empty output, linear before flatten, ...), else None.
+    Output size per conv/pool: floor((size + 2p - (k-1) - 1)/s) + 1 (torch.nn.Conv2d docs)."""
+    from .ops import conv_out
+    h = image
+    flat = False
+    for li, L in enumerate(spec.layers):
+        t = L.type
+        if flat:
+            if t in ("conv", "bn", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "resnet_stage"):
+                return li, f"{t} layer after flatten (expected conv/pool layers before the flatten)"
+            continue
+        if t == "linear":
+            return li, "linear layer before flatten (expected a flatten layer first)"
+        if t == "flatten":
+            flat = True
+            continue
+        if t == "conv":
+            k, s, pd = L.kernel, L.stride, L.padding
+        elif t in ("maxpool", "avgpool"):
+            k, s, pd = L.kernel, L.stride or L.kernel, L.padding
+        elif t == "resnet_stage":      # 3x3 conv, padding 1, and the 1x1 downsample: same size
+            k, s, pd = 3, L.stride, 1
+        elif t in ("adaptive_avgpool", "adaptive_maxpool"):
+            h = L.output
+            continue
+        else:
+            continue
+        out = conv_out(h, k, s, pd)
+        if out <= 0:
+            return li, (f"{t} (kernel {k}, stride {s}, padding {pd}) on a {h}x{h} input gives an empty "
+                        f"output (size {out}) at image {image} (expected an image of at least "
+                        f"{cnn_min_image(spec)} pixels, or a smaller kernel / more padding)")
+        h = out
+    return None
 
 
-def _fields_at(data: dict, loc: tuple) -> list[str]:
-    """Names of valid fields of the schema object that holds loc[-1]."""
-    from .specs import model as m
-    cls_by_arch = {"transformer": m.TransformerSpec, "vit": m.ViTSpec, "cnn": m.CNNSpec, "rnn": m.RNNSpec,
-                   "mlp": m.MLPSpec}
-    layer_cls = {"conv": m.Conv, "bn": m.BatchNorm, "maxpool": m.Pool, "avgpool": m.Pool,
-                 "adaptive_avgpool": m.AdaptivePool, "adaptive_maxpool": m.AdaptivePool, "flatten": m.Flatten,
-                 "linear": m.Linear, "dropout": m.Dropout, "resnet_stage": m.ResStage,
-                 "relu": m.Act, "gelu": m.Act, "silu": m.Act, "tanh": m.Act, "sigmoid": m.Act}
-    cls = None
-    for p in loc[:-1]:
-        if cls is None and p in cls_by_arch:
-            cls = cls_by_arch[p]
-        elif p in layer_cls:
-            cls = layer_cls[p]
-        elif isinstance(p, str) and cls is not None and p in cls.model_fields:
-            ann = cls.model_fields[p].annotation
-            if isinstance(ann, type) and hasattr(ann, "model_fields"):
-                cls = ann
-    if cls is None:
-        return []
-    return [f.alias or k for k, f in cls.model_fields.items()]
+def cnn_min_image(spec: CNNSpec, limit: int = 16384) -> str:
+    """Smallest image side for which every layer has a non-empty output ('?' if none up to ``limit``)."""
+    from .ops import conv_out
+    def ok(img):
+        h = img
+        for L in spec.layers:
+            t = L.type
+            if t == "flatten":
+                return True
+            if t == "conv":
+                h = conv_out(h, L.kernel, L.stride, L.padding)
+            elif t in ("maxpool", "avgpool"):
+                h = conv_out(h, L.kernel, L.stride or L.kernel, L.padding)
+            elif t == "resnet_stage":
+                h = conv_out(h, 3, L.stride, 1)
+            elif t in ("adaptive_avgpool", "adaptive_maxpool"):
+                h = L.output
+            if h <= 0:
+                return False
+        return True
+    lo, hi = 1, limit
+    if not ok(hi):
+        return "?"
+    while lo < hi:                     # output size is monotone in the input size
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return str(lo)
 
 
 def parse_model(data: dict, file: str = "<inline>", loc: Located | None = None):
@@ -166,35 +280,21 @@ def parse_model(data: dict, file: str = "<inline>", loc: Located | None = None):
 
 
 @lru_cache(maxsize=256)
-def _load_model_path(path: str, mtime: float):
-    loc = load_file(path)
+def _load_model_path(path: str, mtime: float, shown: str | None = None):
+    # cached by absolute path + mtime; errors name the file as the user typed it
+    loc = load_file(shown or path)
     return _validate_model(loc.data, loc)
 
 
 @lru_cache(maxsize=256)
-def _load_hw_path(path: str, mtime: float) -> Hardware:
-    loc = load_file(path)
+def _load_hw_path(path: str, mtime: float, shown: str | None = None) -> Hardware:
+    loc = load_file(shown or path)
     if not isinstance(loc.data, dict):
-        raise CostModelError("expected a mapping of hardware fields", file=path, line=1)
+        raise CostModelError("expected a mapping of hardware fields (name: value lines)", file=loc.file, line=1)
     try:
         return Hardware.model_validate(loc.data)
     except ValidationError as e:
-        err = pydantic_error(e, loc)
-        first = e.errors()[0]
-        if first["type"] == "extra_forbidden":
-            cls = Hardware
-            for p in first["loc"][:-1]:
-                ann = cls.model_fields.get(p).annotation if p in cls.model_fields else None
-                import typing
-                args = [a for a in typing.get_args(ann) if isinstance(a, type)] if ann else []
-                cand = ann if isinstance(ann, type) else (args[0] if args else None)
-                if cand is not None and hasattr(cand, "model_fields"):
-                    cls = cand
-            fields = list(cls.model_fields)
-            err = CostModelError("unknown field" + (suggest(str(first["loc"][-1]), fields)
-                                                    or f" (expected one of: {', '.join(fields)})"),
-                                 file=err.file, line=err.line, field=err.field)
-        raise err from None
+        raise pydantic_error(e, loc, root=Hardware) from None
 
 
 def _is_path(s: str) -> bool:
@@ -208,14 +308,16 @@ def load_model(name_or_path, models_dir=()):
     s = name_or_path
     if _is_path(s):
         if not os.path.exists(s):
-            raise CostModelError("no such file", file=s)
+            raise CostModelError("no such file (expected a model YAML or config.json path, or a built-in name)",
+                                 file=clip(s, 200))
         if s.endswith(".json"):
             from .hf import load_hf_config
             return load_hf_config(s)
-        return _load_model_path(os.path.abspath(s), os.path.getmtime(s))
+        return _load_model_path(os.path.abspath(s), os.path.getmtime(s), s)
     names = model_names(models_dir)
     if s not in names:
-        raise CostModelError(f"unknown model {s!r}{suggest(s, names)} (see `costmodel models`)")
+        raise CostModelError(f"unknown model {clip(repr(s))}{suggest(s, names)} "
+                             f"(expected a built-in name from `costmodel models`, or a YAML path)")
     f = names[s]
     return _load_model_path(str(f), f.stat().st_mtime)
 
@@ -226,10 +328,12 @@ def load_hardware(name_or_path, hardware_dir=()) -> Hardware:
     s = name_or_path
     if _is_path(s):
         if not os.path.exists(s):
-            raise CostModelError("no such file", file=s)
-        return _load_hw_path(os.path.abspath(s), os.path.getmtime(s))
+            raise CostModelError("no such file (expected a hardware YAML path, or a built-in name)",
+                                 file=clip(s, 200))
+        return _load_hw_path(os.path.abspath(s), os.path.getmtime(s), s)
     names = hardware_names(hardware_dir)
     if s not in names:
-        raise CostModelError(f"unknown hardware {s!r}{suggest(s, names)} (see `costmodel hardware`)")
+        raise CostModelError(f"unknown hardware {clip(repr(s))}{suggest(s, names)} "
+                             f"(expected a built-in name from `costmodel hardware`, or a YAML path)")
     f = names[s]
     return _load_hw_path(str(f), f.stat().st_mtime)

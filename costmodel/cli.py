@@ -33,8 +33,9 @@ def guarded(fn):
         except Exception as e:  # pydantic and friends: still one line, never a traceback
             from pydantic import ValidationError
             if isinstance(e, ValidationError):
+                from .errors import loc_path, pydantic_message
                 err = e.errors()[0]
-                _fail(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}")
+                _fail(f"{loc_path(err['loc']) or 'input'}: {pydantic_message(err)}")
             if os.environ.get("COSTMODEL_DEBUG"):
                 raise
             _fail(f"{type(e).__name__}: {e} (set COSTMODEL_DEBUG=1 for a traceback; please report this)")
@@ -47,14 +48,23 @@ def write_output(text: str, path: str | None):
         click.echo(text, nl=not text.endswith("\n"))
         return
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".costmodel-", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".costmodel-", suffix=".tmp")
+    except OSError as e:
+        raise CostModelError(f"cannot write {path!r} ({e.strerror}) (expected a writable folder)",
+                             field="--output") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)        # mkstemp makes 0600; an output file is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise CostModelError(f"cannot write {path!r} ({e.strerror})", field="--output") from None
         raise
 
 
@@ -66,27 +76,60 @@ def console():
 
 
 def parse_sets(sets: tuple[str, ...]) -> dict:
-    import yaml
+    """--set PATH=VALUE pairs -> {path: value}. VALUE is read as YAML with the
+    same bounds as spec files (no tags, no alias bombs, finite numbers); text
+    that is not valid YAML stays a plain string."""
+    from .errors import clip
+    from .yamlio import loads
     out = {}
     for s in sets:
         if "=" not in s:
-            raise CostModelError(f"--set {s!r}: expected PATH=VALUE, e.g. hardware.memory.bandwidth=1.5e12")
+            raise CostModelError(f"{clip(repr(s))}: missing '=' (expected PATH=VALUE, e.g. "
+                                 f"hardware.memory.bandwidth=1.5e12)", field="--set")
         k, v = s.split("=", 1)
         k = k.strip()
-        if not k:
-            raise CostModelError(f"--set {s!r}: empty PATH")
+        if not k or any(not part.strip() for part in k.replace("[", ".[").split(".")):
+            raise CostModelError(f"{clip(repr(s))}: empty field name in PATH (expected e.g. model.layers=48)",
+                                 field="--set")
+        if not v.strip():
+            out[k] = ""
+            continue
         try:
-            val = yaml.safe_load(v) if v.strip() else ""
-        except yaml.YAMLError:
+            val = loads(v, file="--set").data
+        except CostModelError as e:
+            if not e.message.startswith("invalid YAML"):
+                raise CostModelError(e.message, field=f"--set {k}") from None
             val = v
-        if isinstance(val, float) and (val != val or val in (float("inf"), float("-inf"))):
-            raise CostModelError(f"--set {k}: value {v!r} is not finite (expected a finite number)")
         out[k] = val
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="costmodel")
+class _OneLineErrors(click.Group):
+    """click's own usage errors (a mistyped flag, 'abc' for --batch, a bad
+    choice) as the same one line as every other error: 'error: ...', exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":      # bare `costmodel`: the help text, as click does
+                e.show()
+                sys.exit(e.exit_code)
+            cmd = e.ctx.command_path if e.ctx is not None else "costmodel"
+            _fail(f"{' '.join(e.format_message().split())} (see `{cmd} --help`)")
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__import__("costmodel").__version__, prog_name="costmodel")
 def main():
     """costmodel: what will this model cost on this hardware?
 
@@ -147,6 +190,15 @@ def collect_workload(kw: dict) -> dict:
         kw.pop(k, None)
     if "zero" in w:
         w["zero"] = int(w["zero"])
+    from pydantic import ValidationError
+    from .errors import loc_path, pydantic_message
+    from .workload import Workload
+    try:                               # name the flag the user typed: --gpus 0 -> '--gpus: 0 is too small'
+        Workload.model_validate({k: v for k, v in w.items() if k != "optimizer"})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise CostModelError(pydantic_message(err),
+                             field="--" + loc_path(err["loc"]).replace("_", "-")) from None
     if "optimizer" in w:
         from .workload import OPTIMIZERS
         if w["optimizer"] not in OPTIMIZERS:
@@ -281,11 +333,17 @@ def show(name, hardware, models_dir, hardware_dir):
     """Print one model or hardware spec and its derived totals."""
     import yaml
     from .catalog import hardware_names, load_hardware, load_model, model_names
+    from .errors import clip, suggest
+    is_path = name.endswith((".yaml", ".yml", ".json")) or os.sep in name
+    if not is_path and name not in model_names(models_dir) and name not in hardware_names(hardware_dir):
+        known = [*model_names(models_dir), *hardware_names(hardware_dir)]
+        raise CostModelError(f"unknown model or hardware {clip(repr(name))}{suggest(name, known)} (expected a name "
+                             f"from `costmodel models` or `costmodel hardware`, or a YAML path)")
     if name in model_names(models_dir) or (name.endswith((".yaml", ".yml", ".json")) and not name.startswith("hardware")):
         try:
             spec = load_model(name, models_dir)
         except CostModelError:
-            if name in hardware_names(hardware_dir):
+            if name in hardware_names(hardware_dir) or _looks_like_hardware(name):
                 spec = None
             else:
                 raise
@@ -298,6 +356,16 @@ def show(name, hardware, models_dir, hardware_dir):
     click.echo(yaml.safe_dump(hw.model_dump(exclude_none=True), sort_keys=False).rstrip())
     for dt in hw.supported_dtypes():
         click.echo(f"# derived: ridge point {dt} = {hw.ridge_point(dt):.1f} FLOP/byte")
+
+
+def _looks_like_hardware(path: str) -> bool:
+    """A YAML mapping with a peak table and no arch: show it as a device, with the device's errors."""
+    from .yamlio import load_file
+    try:
+        data = load_file(path).data
+    except CostModelError:
+        return False
+    return isinstance(data, dict) and "arch" not in data and "peak" in data
 
 
 # Commands that live in their own modules; each registers itself on `main`.

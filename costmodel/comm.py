@@ -178,6 +178,8 @@ def run_totals(r, step_s: float, units_per_s: float, step_model_flops: float, pa
     device-hours, cost, energy (TDP x utilisation x PUE)."""
     wl = r.wl
     per_step_units = wl.batch * (units_per_s * step_s / wl.batch if wl.batch else 0)
+    if abs(per_step_units - round(per_step_units)) <= 1e-9 * per_step_units:
+        per_step_units = float(round(per_step_units))   # a count (batch x tokens): undo the x/t*t rounding
     steps = None
     if wl.steps:
         steps = float(wl.steps)

@@ -259,7 +259,8 @@ def resolve(spec, hw: Hardware, wl: Workload) -> Resolved:
     # parallel degrees
     tp, pp = wl.tp, wl.pp
     if wl.gpus is not None and wl.dp is not None and wl.gpus != wl.dp * tp * pp:
-        raise CostModelError(f"gpus {wl.gpus} != dp {wl.dp} x tp {tp} x pp {pp}", field="gpus")
+        raise CostModelError(f"gpus {wl.gpus} != dp {wl.dp} x tp {tp} x pp {pp} (expected gpus = "
+                             f"{wl.dp * tp * pp}, or give only one of --gpus / --dp)", field="gpus")
     if wl.dp is not None:
         dp = wl.dp
     elif wl.gpus is not None:
@@ -277,8 +278,8 @@ def resolve(spec, hw: Hardware, wl: Workload) -> Resolved:
     if wl.micro_batch is not None:
         mb = wl.micro_batch
         if wl.batch % (dp * mb):
-            raise CostModelError(f"batch {wl.batch} is not divisible by dp {dp} x micro_batch {mb}",
-                                 field="micro_batch")
+            raise CostModelError(f"batch {wl.batch} is not divisible by dp {dp} x micro_batch {mb} "
+                                 f"(expected a batch that is a multiple of {dp * mb})", field="micro_batch")
     else:
         if wl.batch % dp:
             raise CostModelError(f"batch {wl.batch} is not divisible by dp {dp} (expected a multiple of {dp})",

@@ -16,10 +16,10 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-from .errors import CostModelError
+from .errors import CostModelError, clip
 
 MAX_FILE_BYTES = 2 * 1024 * 1024      # a model/hardware/what-if spec is a few KB
-MAX_NODES = 100_000                   # values after alias expansion ("billion laughs"); a spec has < 5,000
+MAX_NODES = 50_000                    # values after alias expansion ("billion laughs"); a spec has < 1,000
 MAX_DEPTH = 64
 
 # libyaml's C parser when present (about 30x faster per event than pure Python,
@@ -86,13 +86,14 @@ class _Builder:
             self.err(mark, f"document expands to more than {MAX_NODES} values (alias bomb?) "
                            f"(expected a small spec file)", path)
 
-    def _tag(self, ev, kind, value=None):
+    def _tag(self, ev, kind, value=None, path=""):
         tag = ev.tag
         if tag is None or tag == "!":
             tag = self.resolver.resolve(kind, value, ev.implicit if kind is yaml.ScalarNode else True)
         if tag not in _STD_TAGS:
-            self.err(ev.start_mark, f"YAML tag {tag!r} is not allowed (expected plain YAML: mappings, lists, "
-                                    f"strings, numbers, booleans)")
+            shown = "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
+            self.err(ev.start_mark, f"YAML tag {clip(shown)!r} is not allowed (expected plain YAML: mappings, "
+                                    f"lists, strings, numbers, booleans)", path)
         return tag
 
     def build(self, ev, path: str = "", depth: int = 0):
@@ -109,7 +110,7 @@ class _Builder:
         if isinstance(ev, yaml.ScalarEvent):
             value = self._scalar(ev, path)
         elif isinstance(ev, yaml.SequenceStartEvent):
-            self._tag(ev, yaml.SequenceNode)
+            self._tag(ev, yaml.SequenceNode, None, path)
             self._depth(ev, path, depth)
             value = []
             while True:
@@ -120,7 +121,7 @@ class _Builder:
                 self.lines.setdefault(p, item.start_mark.line + 1)
                 value.append(self.build(item, p, depth + 1))
         elif isinstance(ev, yaml.MappingStartEvent):
-            self._tag(ev, yaml.MappingNode)
+            self._tag(ev, yaml.MappingNode, None, path)
             self._depth(ev, path, depth)
             value = {}
             while True:
@@ -151,7 +152,7 @@ class _Builder:
             self.err(ev.start_mark, f"nested deeper than {MAX_DEPTH} levels (expected a flat spec file)", path)
 
     def _scalar(self, ev, path):
-        tag = self._tag(ev, yaml.ScalarNode, ev.value)
+        tag = self._tag(ev, yaml.ScalarNode, ev.value, path)
         text = ev.value
         if tag == "tag:yaml.org,2002:timestamp":
             return text          # dates stay text: no spec field is a datetime
@@ -189,10 +190,14 @@ def loads(text: str, file: str = "<string>") -> Located:
             raise CostModelError("more than one YAML document ('---') (expected one document per file)",
                                  file=file, line=ev.start_mark.line + 1)
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
+        # libyaml notices a missing ':' on the next line: a simple key's own line is where to look
+        use_ctx = e.context_mark is not None and (e.context or "").startswith("while scanning a simple key")
+        mark = (e.context_mark if use_ctx else e.problem_mark) or e.context_mark
         line = mark.line + 1 if mark else None
         what = (e.problem or e.context or "syntax error").strip()
-        raise CostModelError(f"invalid YAML: {what} (expected valid YAML syntax)", file=file, line=line) from None
+        if e.context and e.context_mark is not None and not use_ctx and e.context_mark.line + 1 != line:
+            what += f" ({e.context.strip()} started on line {e.context_mark.line + 1})"
+        raise CostModelError(f"invalid YAML: {what}", file=file, line=line) from None
     except yaml.YAMLError as e:  # pragma: no cover - defensive
         raise CostModelError(f"invalid YAML: {e}", file=file) from None
     except (RecursionError, MemoryError):  # pragma: no cover - the limits above come first

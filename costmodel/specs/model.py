@@ -63,6 +63,12 @@ class TransformerSpec(_Common):
     biases: Biases = Biases()
     tied_embeddings: bool = True
     lm_head: bool = True
+    lm_head_transform: bool = Field(False, description="MLM head (BERT/RoBERTa/DistilBERT *ForMaskedLM): dense "
+                                                       "d x d + activation + norm before the vocabulary projection")
+    parallel_residual: bool = Field(False, description="attention and FFN read the same layer input and both add "
+                                                       "to it: x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX)")
+    rotary_fraction: float = Field(1.0, gt=0, le=1, description="fraction of each head's dims that get rotary "
+                                                               "embeddings (GPT-NeoX rotary_pct: 0.25)")
     pooler: bool = Field(False, description="BERT pooler: dense + tanh on the first token")
     num_classes: int = Field(0, ge=0, description="classification head on the first token")
     causal: Optional[bool] = Field(None, description="default: True for decoders")
@@ -105,7 +111,8 @@ class ViTSpec(_Common):
     d_ff: PositiveInt
     num_classes: int = Field(1000, ge=0)
     class_token: bool = True
-    pooler: bool = False
+    pooler: bool = Field(False, description="dense + tanh on the class token (Hugging Face ViTModel)")
+    qkv_bias: bool = True
     norm_eps: float = 1e-6
     dropout: float = Field(0.0, ge=0, lt=1)
 
