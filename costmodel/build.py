@@ -274,7 +274,9 @@ def build_vit(spec: ViTSpec, sh: Shape, p: Precision) -> Node:
         emb.add(make("param", "class_token", p, shape=(1, 1, d)))
     emb.add(make("param", "position_embedding", p, shape=(1, spec.image_size ** 2 // spec.patch_size ** 2
                                                            + (1 if spec.class_token else 0), d)))
-    emb.add(make("add", "add_position", p, elements=b * seq * d))
+    pos = emb.add(make("add", "add_position", p, elements=b * seq * d))
+    # the broadcast position embedding's gradient is summed over the batch
+    pos.bwd_flops = b * seq * d
     tf = TransformerSpec(arch="transformer", name=spec.name, structure="encoder", layers=spec.layers,
                          d_model=d, heads=spec.heads, d_ff=spec.d_ff, vocab_size=1, max_positions=seq,
                          position="none", norm_position="pre", activation="gelu", dropout=spec.dropout,
