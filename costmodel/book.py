@@ -81,22 +81,21 @@ def _cached_estimate(model, hardware, ov, wl):
     return v
 
 
-def _ops_sum(model, field="fwd_flops", kind=None, name=None, hardware="a100-80gb", **kw):
-    """Sum ``field`` (an Op attribute, or fwd_time/bwd_time) over the ops of a
-    model (one device, one micro-batch), optionally filtered by op kind and/or
-    a substring of the op path; repeats counted."""
+def select_ops(model, kind=None, name=None, hardware="a100-80gb", **kw):
+    """The OpCosts of a model (one device, one micro-batch) whose kind is
+    ``kind`` (a name or a list) and whose path contains one of ``name``."""
     rep = _estimate(model, hardware, **kw)["_report"]
     kinds = (kind,) if isinstance(kind, str) else kind
     names = (name,) if isinstance(name, str) else name
-    tot = 0.0
-    for c in rep.ops:
-        if kinds and c.op.kind not in kinds:
-            continue
-        if names and not any(n in c.path for n in names):
-            continue
-        v = getattr(c, field) if field in ("fwd_time", "bwd_time") else getattr(c.op, field)
-        tot += c.count * v
-    return tot
+    return [c for c in rep.ops
+            if (not kinds or c.op.kind in kinds) and (not names or any(n in c.path for n in names))]
+
+
+def _ops_sum(model, field="fwd_flops", kind=None, name=None, hardware="a100-80gb", **kw):
+    """Sum ``field`` (an Op attribute, or fwd_time/bwd_time) over the selected
+    ops of a model (see select_ops); repeats counted."""
+    return sum(c.count * (getattr(c, field) if field in ("fwd_time", "bwd_time") else getattr(c.op, field))
+               for c in select_ops(model, kind, name, hardware, **kw))
 
 
 def _op(kind, precision="fp32", **dims):

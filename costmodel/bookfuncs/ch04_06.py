@@ -79,18 +79,8 @@ def model_op_count(model, kind=None, name=None, hardware="a100-80gb", **workload
     """How many ops of ``kind`` (and whose path contains one of ``name``) the
     engine's tree of ``model`` holds, repeats counted (e.g. dropout sites of a
     forward pass; book 4.7.6)."""
-    from ..book import _estimate
-    rep = _estimate(model, hardware, **workload)["_report"]
-    kinds = (kind,) if isinstance(kind, str) else kind
-    names = (name,) if isinstance(name, str) else name
-    n = 0
-    for c in rep.ops:
-        if kinds and c.op.kind not in kinds:
-            continue
-        if names and not any(s in c.path for s in names):
-            continue
-        n += c.count
-    return n
+    from ..book import select_ops
+    return sum(c.count for c in select_ops(model, kind, name, hardware, **workload))
 
 
 def model_spec_value(model, field):
