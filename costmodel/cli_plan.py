@@ -100,7 +100,14 @@ def render_table(res: dict, to_file: bool = False) -> str:
     if cap:
         t.title += f"; memory per device {fmt_bytes(cap)} ({fmt_bytes(cap, True)})"
     con.print(t)
-    if not res["front"]:
+    st = res["stats"]
+    if not res["front"] and res["budget_usd"] and st.get("min_cost_lower_bound_usd", 0) > res["budget_usd"]:
+        con.print(f"verdict: no layout fits the budget: --budget ${res['budget_usd']:.4g} is below the cheapest "
+                  f"possible run (at least ${st['min_cost_lower_bound_usd']:,.2f} at the ideal roofline)")
+    elif not res["front"] and res["deadline_days"] and st.get("min_time_lower_bound_s", 0) > res["deadline_days"] * 86400:
+        con.print(f"verdict: no layout meets the deadline: --deadline {res['deadline_days']:g} days is shorter than "
+                  f"the fastest possible run (at least {st['min_time_lower_bound_s'] / 86400:.3g} days)")
+    elif not res["front"]:
         why = []
         if res["budget_usd"]:
             why.append(f"--budget {res['budget_usd']:,.0f}")

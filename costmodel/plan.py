@@ -217,6 +217,11 @@ def plan(model, hardware="a100-80gb", tokens: float | None = None, *, gpus_max: 
         return any(ft <= t and fn * ft <= n * t for ft, fn, _ in front)
 
     for t0, n, tp, pp, dp, fl, mb in items:
+        # lower bounds of this family's time and cost (for a clear verdict when nothing qualifies)
+        stats["min_time_lower_bound_s"] = min(stats.get("min_time_lower_bound_s", math.inf), t0 * steps_n)
+        if unit_price:
+            stats["min_cost_lower_bound_usd"] = min(stats.get("min_cost_lower_bound_usd", math.inf),
+                                                    n * t0 * steps_n / 3600 * unit_price)
         if dominated(t0, n):
             stats["bounded_out"] += 1
             continue
