@@ -177,7 +177,7 @@ def validation_error(err: dict, root, loc: Located | None = None, prefix: str = 
                         and disc in getattr(c, "model_fields", {}) for t in typing.get_args(c.model_fields[disc].annotation)]
                 msg = f"missing required field (expected {disc}: {'|'.join(map(str, tags))})"
     elif typ == "value_error":
-        # a model-level check ('heads (7) must divide d_model (768)') names its field first
+        # a model-level check ('heads (7) does not divide d_model (768) ...') names its field first
         kind, cls = _unwrap(reached)
         m = re.match(r"\s*(\w+)", msg)
         if kind == "model" and m and _field(cls, m.group(1)) is not None:

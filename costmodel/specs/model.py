@@ -11,6 +11,10 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
@@ -78,10 +82,12 @@ class TransformerSpec(_Common):
     def _check(self):
         dh = self.d_head or (self.d_model // self.heads)
         if self.d_head is None and self.d_model % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model}), or set d_head")
+            raise ValueError(f"heads ({self.heads}) does not divide d_model ({self.d_model}) "
+                             f"(expected a divisor of {self.d_model}, or set d_head)")
         kv = self.kv_heads or self.heads
         if self.heads % kv:
-            raise ValueError(f"kv_heads ({kv}) must divide heads ({self.heads})")
+            raise ValueError(f"kv_heads ({kv}) does not divide heads ({self.heads}) "
+                             f"(expected one of {_divisors(self.heads)})")
         if self.structure == "encoder-decoder" and self.decoder_layers is None:
             object.__setattr__(self, "decoder_layers", self.layers)
         del dh
@@ -119,9 +125,11 @@ class ViTSpec(_Common):
     @model_validator(mode="after")
     def _check(self):
         if self.d_model % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
+            raise ValueError(f"heads ({self.heads}) does not divide d_model ({self.d_model}) "
+                             f"(expected a divisor of {self.d_model})")
         if self.image_size % self.patch_size:
-            raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
+            raise ValueError(f"patch_size ({self.patch_size}) does not divide image_size ({self.image_size}) "
+                             f"(expected a divisor of {self.image_size})")
         return self
 
 
