@@ -195,6 +195,9 @@ def loads(text: str, file: str = "<string>") -> Located:
         mark = (e.context_mark if use_ctx else e.problem_mark) or e.context_mark
         line = mark.line + 1 if mark else None
         what = (e.problem or e.context or "syntax error").strip()
+        if "nesting depth" in what:   # PyYAML >= 6.0.4 has its own (larger) depth limit
+            raise CostModelError(f"nested deeper than {MAX_DEPTH} levels (expected a flat spec file)",
+                                 file=file, line=line) from None
         if e.context and e.context_mark is not None and not use_ctx and e.context_mark.line + 1 != line:
             what += f" ({e.context.strip()} started on line {e.context_mark.line + 1})"
         raise CostModelError(f"invalid YAML: {what}", file=file, line=line) from None
