@@ -386,7 +386,7 @@ def build_cnn(spec: CNNSpec, sh: Shape, p: Precision) -> Node:
                 op = cur.add(make("activation", name, p, elements=n * st.c * st.h * st.w, fn=t))
                 nxt_saves = nxt in ("conv", "maxpool", "avgpool", "adaptive_maxpool", "linear", "flatten", None) or (
                     nxt == "adaptive_avgpool" and layers[li + 1].output != 1)
-                if t == "relu" and nxt_saves:
+                if t in ("relu", "tanh", "sigmoid") and nxt_saves:   # they keep their output: the consumer's input
                     op.saved_bytes = 0
             elif t in ("maxpool", "avgpool"):
                 s = L.stride or L.kernel
@@ -419,7 +419,7 @@ def build_cnn(spec: CNNSpec, sh: Shape, p: Precision) -> Node:
                 st.flat = L.out
             elif t in ("relu", "gelu", "silu", "tanh", "sigmoid"):
                 op = cur.add(make("activation", name, p, elements=n * st.flat, fn=t))
-                if t == "relu" and nxt in ("linear", None):
+                if t in ("relu", "tanh", "sigmoid") and nxt in ("linear", None):   # output = next linear's input
                     op.saved_bytes = 0
             elif t == "dropout":
                 if sh.training and L.p > 0:

@@ -26,10 +26,9 @@ from .units import fmt_bytes, si
 
 
 def _need_torch(what: str):
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise CostModelError(f"{what} needs torch (pip install 'costmodel[validate]')") from None
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        raise CostModelError(f"{what} needs torch (pip install 'costmodel[validate]')")
 
 
 def _pct(x):
@@ -75,21 +74,21 @@ def validate_cmd(args, exact, batch, seq, image, sets, device, by_kind, referenc
     if not paths:
         raise CostModelError("no measurement data (expected JSON paths, or validation/<device>/*.json; "
                              "record some with `costmodel measure`)")
-    outs, texts = [], []
+    outs = []
     for path in paths:
         doc = C.load_data(path)
         hw = C.hardware_for(doc, hardware, hardware_dir)
         before = C.compare(doc, hw, path)
         result = {"before": before}
         if calibrate:
-            result.update(_calibrate(doc, hw, path, write, hardware_dir))
+            result.update(_calibrate(doc, hw, path, write, hardware_dir, hardware))
         outs.append(result)
     if fmt == "json":
         js = []
         for r in outs:
             d = (r.get("after") or r["before"]).to_dict()
             if "after" in r:
-                d["uncalibrated"] = {k: v for k, v in r["before"].to_dict().items() if k != "rows"}
+                d["uncalibrated"] = {k: v for k, v in r["uncalibrated"].to_dict().items() if k != "rows"}
                 d["calibration"] = r["calibration"]
             js.append(d)
         write_output(json.dumps(js[0] if len(js) == 1 else js, indent=2, default=float), output)
@@ -97,29 +96,32 @@ def validate_cmd(args, exact, batch, seq, image, sets, device, by_kind, referenc
     from rich.console import Console
     con = Console(record=True, width=150, file=open(os.devnull, "w")) if output else console()
     for r in outs:
-        _print_comparison(con, r.get("after") or r["before"], r["before"] if "after" in r else None)
+        _print_comparison(con, r.get("after") or r["before"], r.get("uncalibrated"))
         if "after" in r:
             con.print(r["calibration_text"])
     if output:
         write_output(con.export_text(), output)
 
 
-def _calibrate(doc, hw, path, write, hardware_dir) -> dict:
+def _calibrate(doc, hw, path, write, hardware_dir, hardware=None) -> dict:
     from .catalog import hardware_names
     from .validate import calibrate as K
     from .validate import compare as C
     singles = [r for r in doc["rows"] if r.get("category") == "single_op" and r.get("time_s")]
     src = f"costmodel validate --calibrate {path} ({len(singles)} single-op rows; whole-step rows held out)"
-    fitted = K.round_calibration(K.fit(singles, hw.model_copy(update={"calibration": None}), source=src,
-                                       date=doc.get("date", "")))
+    run_hw = C.as_run(doc, hw.model_copy(update={"calibration": None}))
+    fitted_run = K.round_calibration(K.fit(singles, run_hw, source=src, date=doc.get("date", "")))
+    fitted = hw.model_copy(update={"calibration": fitted_run.calibration})
     after = C.compare(doc, fitted, path)
+    raw = C.compare(doc, hw.model_copy(update={"calibration": None}), path)
+    # the YAML the hardware came from: --hardware (name or path), else the data's hardware name
     target = None
-    name = doc.get("hardware") if not os.path.exists(str(hw.name)) else hw.name
+    ref = hardware or doc.get("hardware")
     names = hardware_names(hardware_dir)
-    if hw.name in names:
-        target = str(names[hw.name])
-    elif name and os.path.exists(name):
-        target = name
+    if ref and os.path.isfile(ref):
+        target = ref
+    elif ref in names:
+        target = str(names[ref])
     text = K.calibration_yaml(fitted.calibration)
     wrote = None
     if write and target:
@@ -128,8 +130,8 @@ def _calibrate(doc, hw, path, write, hardware_dir) -> dict:
     msg = (f"\ncalibration fitted on {len(singles)} single-op rows, judged on the whole-step rows "
            f"(hold-out)\n{text}" + (f"written into {wrote}\n" if wrote else
                                     ("not written (--no-write)\n" if not write else "no hardware YAML file to write\n")))
-    return {"after": after, "calibration": fitted.calibration.model_dump(), "calibration_text": msg,
-            "written": wrote}
+    return {"after": after, "uncalibrated": raw, "calibration": fitted.calibration.model_dump(),
+            "calibration_text": msg, "written": wrote}
 
 
 def _print_comparison(con, cmp, before=None):
@@ -167,7 +169,7 @@ def _exact(names, batch, seq, image, overrides, device, by_kind, reference, fmt,
     specs = [(n, load_model(n)) for n in names]
     results, refs = [], {}
     from rich.progress import Progress
-    prog = Progress(transient=True, disable=fmt == "json" or bool(output))
+    prog = Progress(transient=True, disable=fmt == "json" or bool(output) or not console().is_terminal)
     with prog:
         task = prog.add_task("checking", total=len(specs))
         for n, spec in specs:
@@ -256,10 +258,11 @@ def _exact(names, batch, seq, image, overrides, device, by_kind, reference, fmt,
 @click.option("--steps/--no-steps", default=True, show_default=True, help="whole-step scenarios")
 @click.option("--budget-s", type=float, help="stop starting scenarios after this many seconds [450; --quick 600]")
 @click.option("--warmup", type=int, help="untimed calls first [3; --quick 1]")
-@click.option("--iters", type=int, help="timed calls [10; --quick 5]")
+@click.option("--iters", type=int, help="timed calls [10; --quick 3; single ops at least 10]")
 @click.option("--hardware", "-H", help="hardware YAML name describing this device [cpu-host on a CPU; matched by name on a GPU]")
 @click.option("--out", "out_dir", default="validation", show_default=True, type=click.Path(file_okay=False))
-@click.option("--threads", type=int, help="torch CPU threads [torch default]")
+@click.option("--threads", type=int, help="torch CPU threads [1 on the CPU: timed by thread CPU time, robust on a "
+                                           "shared host; more threads are timed by wall clock]")
 @guarded
 def measure_cmd(quick, device, dtypes, models, singles, steps, budget_s, warmup, iters, hardware, out_dir, threads):
     """Time single ops and whole training / inference steps with torch;
@@ -276,8 +279,9 @@ def measure_cmd(quick, device, dtypes, models, singles, steps, budget_s, warmup,
     for name, v in (("--warmup", warmup), ("--iters", iters), ("--threads", threads)):
         if v is not None and v < (0 if name == "--warmup" else 1):
             raise CostModelError(f"{name} {v} (expected >= {0 if name == '--warmup' else 1})", field=name)
-    if threads:
-        torch.set_num_threads(threads)
+    from .validate.measure import pick_device
+    if pick_device(device) == "cpu" or threads:
+        torch.set_num_threads(threads or 1)
     from .validate.measure import run
     path, doc = run(quick=quick, device=device, dtypes=list(dtypes) or None, out_dir=out_dir,
                     models=list(models) or None, singles=singles, steps=steps, budget_s=budget_s, warmup=warmup,

@@ -914,8 +914,14 @@ def _inference(r: Resolved) -> Report:
     values = {"params": params, "forward_flops": fwd_flops, "backward_flops": 0.0, "step_flops": fwd_flops,
               "forward_matmul_flops": fwd_mm, "backward_matmul_flops": 0.0,
               "weight_bytes": weight_b, "gradient_bytes": 0.0, "optimizer_bytes": 0.0}
-    # working activations: the largest op's inputs + outputs (nothing is kept for backward)
-    act = max((c.op.fwd_bytes - c.op.params * p.weight_bytes for c in costs), default=0.0)
+    # working activations: the largest op's inputs + outputs (nothing is kept for backward).
+    # A tied LM head reads the embedding table but owns no parameters: its weight
+    # read is not activation memory either (checked by costmodel/validate).
+    def _weights_read(o):
+        if o.kind == "linear":
+            return (o.dims["d_in"] * o.dims["d_out"] + (o.dims["d_out"] if o.dims.get("bias") else 0)) * p.weight_bytes
+        return o.params * p.weight_bytes
+    act = max((c.op.fwd_bytes - _weights_read(c.op) for c in costs), default=0.0)
     kv_b = 0.0
     decode_t = 0.0
     decode_costs = []
