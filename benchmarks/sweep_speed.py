@@ -1,20 +1,42 @@
 """How many full training estimates per second does a what-if sweep run?
 
-    python3 benchmarks/sweep_speed.py [--cases N] [--repeat R]
+    python3 benchmarks/sweep_speed.py [--cases N] [--repeat R] [--models a,b]
 
-For a few models, three sweeps of N cases each, all evaluated in-process by
-costmodel.whatif.evaluate (memoized trees and op costs, no pydantic
-re-validation of specs):
+For a few models, sweeps of N cases each (400 at most for the last four),
+all evaluated in-process by costmodel.whatif.evaluate (memoized trees and op
+costs, no pydantic re-validation of specs):
 
-* grid      -- a typical what-if grid: devices x optimizer x ZeRO x devices
-               count x global batch, with a fixed micro-batch (few distinct shapes);
-* per-call  -- the same cases through the public `estimate()`, one call each
-               (names resolved, workload validated, no cache), for comparison;
-* new shape -- every case a different micro-batch (nothing to reuse: each
-               case builds its op tree; the worst case).
+* grid        -- a typical what-if grid: devices x optimizer x ZeRO x devices
+                 count x global batch, with a fixed micro-batch (few distinct shapes);
+* per-call    -- the same cases through the public `estimate()`, one call each
+                 (names resolved, workload validated, explanations attached);
+* batch sweep -- every case a new micro-batch (batch 1..N on one device): no
+                 tree is built after the second case (costmodel/fastpath.py:
+                 every op quantity is affine in the batch, verified per model;
+                 results identical to a fresh build, tests/test_fastpath.py);
+* same, fast path off -- the batch sweep building every case's tree (as before);
+* new seq / image -- every case a new sequence length (image size for CNNs):
+                 a new op tree every case, the worst case (ViT: fixed image, '-').
 
 Prints one table: estimates per second (best of R runs) and the share of
 cases the engine rejected as impossible (they count: the sweep evaluated them).
+The machine's other load moves these numbers by 10-30 %: compare columns of
+one run, not runs. One run (2026-11-29, 2-core container, --repeat 5):
+
+    model      grid    estimate() per call  batch sweep  batch, no fast path  new seq/image each
+    gpt2       18,492  2,136                14,427       3,267                3,358
+    bert-base  18,494  2,113                13,880       3,184                3,352
+    llama-2-7b 18,558  2,112                11,546       3,557                3,557
+    t5-base    17,701  1,761                10,876       1,340                1,388
+    resnet50   16,772  1,468                 8,786         847                  801
+    vit-b16    18,630  2,189                14,894       3,424                -
+
+Before the fast path, per-call estimate() ran 940-1,800 /s on the same machine; about
+half of a call now is the catalog listing the model and hardware folders to resolve
+the names (caching that index would double it).
+A batch sweep's first two micro-batches pay for the affine model (one build
+each, the checks: ~2 ms for gpt2, ~7 ms for resnet50); resnet50's 94 ops each
+need their own roofline per case, which keeps it below 10,000 /s.
 """
 from __future__ import annotations
 
@@ -25,8 +47,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from costmodel import estimate  # noqa: E402
+from costmodel import estimate, fastpath  # noqa: E402
+from costmodel.catalog import load_model  # noqa: E402
 from costmodel.errors import CostModelError  # noqa: E402
+from costmodel.specs.model import CNNSpec, RNNSpec, TransformerSpec  # noqa: E402
 from costmodel.whatif import evaluate, from_dict  # noqa: E402
 
 MODELS = ("gpt2", "bert-base", "llama-2-7b", "t5-base", "resnet50", "vit-b16")
@@ -41,8 +65,21 @@ def grid(model: str, n: int) -> dict:
                       "zero": [0, 1, 2, 3], "gpus": [8, 16, 32, 64, 128], "batch": batches}}
 
 
-def shapes(model: str, n: int) -> dict:
+def batches(model: str, n: int) -> dict:
     return {"model": model, "workload": {"tokens": 1e9}, "sweep": {"batch": list(range(1, n + 1))}}
+
+
+def new_trees(model: str, n: int) -> dict | None:
+    """A sweep whose every case has a new op tree (sequence length or image size), or None."""
+    spec = load_model(model)
+    if isinstance(spec, (TransformerSpec, RNNSpec)):
+        top = spec.max_positions if isinstance(spec, TransformerSpec) and spec.position == "learned" else 1 << 20
+        seqs = [s for s in range(16, 16 + 4 * n, 4) if s <= top][:n]
+        return {"model": model, "workload": {"batch": 8, "tokens": 1e9}, "sweep": {"seq": seqs}}
+    if isinstance(spec, CNNSpec):
+        return {"model": model, "workload": {"batch": 8, "tokens": 1e9},
+                "sweep": {"image": list(range(64, 64 + n))}}
+    return None
 
 
 def best(fn, repeat: int) -> float:
@@ -62,9 +99,11 @@ def main():
     a = ap.parse_args()
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"what-if sweep speed: full training estimates per second ({a.cases} cases, best of "
-                    f"{a.repeat}, one CPU core)", title_justify="left")
-    for c in ("model", "grid /s", "impossible", "per-call estimate() /s", "new shape every case /s"):
+    ns = min(a.cases, 400)
+    t = Table(title=f"what-if sweep speed: full training estimates per second ({a.cases} grid cases, {ns} "
+                    f"otherwise; best of {a.repeat}, one CPU core)", title_justify="left")
+    for c in ("model", "grid", "impossible", "estimate() per call", "batch sweep", "batch, no fast path",
+              "new seq/image each"):
         t.add_column(c, justify="left" if c == "model" else "right")
     for m in a.models.split(","):
         w = from_dict(grid(m, a.cases))
@@ -84,11 +123,24 @@ def main():
                 except CostModelError:
                     pass
         dt_call = best(per_call, a.repeat)
-        ns = min(a.cases, 400)
-        ws = from_dict(shapes(m, ns))
-        dt_shape = best(lambda: evaluate(ws), a.repeat)
-        t.add_row(m, f"{n_grid / dt:,.0f}", f"{bad / n:.0%}", f"{len(sub) / dt_call:,.0f}", f"{ns / dt_shape:,.0f}")
-    Console().print(t)
+        wb = from_dict(batches(m, ns))
+        dt_batch = best(lambda: evaluate(wb), a.repeat)
+        fast = fastpath.train_fast
+        fastpath.train_fast = lambda r: None
+        try:
+            dt_slow = best(lambda: evaluate(wb), a.repeat)
+        finally:
+            fastpath.train_fast = fast
+        tree_doc = new_trees(m, ns)
+        if tree_doc is not None:
+            wt = from_dict(tree_doc)
+            dt_tree = best(lambda: evaluate(wt), a.repeat)
+            trees = f"{wt.n_cases / dt_tree:,.0f}"
+        else:
+            trees = "-"
+        t.add_row(m, f"{n_grid / dt:,.0f}", f"{bad / n:.0%}", f"{len(sub) / dt_call:,.0f}", f"{ns / dt_batch:,.0f}",
+                  f"{ns / dt_slow:,.0f}", trees)
+    Console(width=max(Console().width, 132)).print(t)
 
 
 if __name__ == "__main__":

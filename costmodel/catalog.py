@@ -32,12 +32,23 @@ def builtin_dir(kind: str) -> Path:
 
 
 def _names(dirs: list[Path]) -> dict[str, Path]:
+    """name -> file over the folders, first folder wins. Cached per folder and
+    its modification time, so adding or removing a file is seen at once."""
     out: dict[str, Path] = {}
     for d in dirs:
-        if d.is_dir():
-            for f in sorted(d.glob("*.yaml")):
-                out.setdefault(f.stem, f)
+        try:
+            mtime = d.stat().st_mtime_ns
+        except OSError:
+            continue
+        for stem, f in _folder_index(str(d), mtime):
+            out.setdefault(stem, f)
     return out
+
+
+@lru_cache(maxsize=64)
+def _folder_index(folder: str, mtime_ns: int) -> tuple:
+    d = Path(folder)
+    return tuple((f.stem, f) for f in sorted(d.glob("*.yaml"))) if d.is_dir() else ()
 
 
 def model_names(extra_dirs=()) -> dict[str, Path]:

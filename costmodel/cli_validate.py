@@ -22,7 +22,7 @@ import click
 
 from .cli import console, guarded, main, parse_sets, write_output
 from .errors import CostModelError
-from .units import fmt_bytes, si
+from .units import fmt_bytes, fmt_time, si
 
 
 def _need_torch(what: str):
@@ -142,8 +142,8 @@ def _print_comparison(con, cmp, before=None):
               "error", "note"):
         t.add_column(c, justify="left" if c in ("scenario", "category", "note") else "right")
     for r in cmp.rows:
-        t.add_row(r.id, r.category, si(r.measured_time, "s") if r.measured_time else "-",
-                  si(r.predicted_time, "s") if r.predicted_time is not None else "-", _pct(r.time_error),
+        t.add_row(r.id, r.category, fmt_time(r.measured_time) if r.measured_time else "-",
+                  fmt_time(r.predicted_time) if r.predicted_time is not None else "-", _pct(r.time_error),
                   fmt_bytes(r.measured_memory) if r.measured_memory else "-",
                   fmt_bytes(r.predicted_memory) if r.predicted_memory is not None else "-", _pct(r.memory_error),
                   r.note)

@@ -40,10 +40,17 @@ def efficiency(hw: Hardware, op_class: str, flops: float) -> float:
     return getattr(hw.efficiency, op_class)
 
 
-def memory_efficiency(hw: Hardware) -> float:
+def memory_efficiency(hw: Hardware, op_class: str | None = None, ws: float | None = None) -> float:
+    """Achieved fraction of ``memory.bandwidth``. A calibrated cache-aware curve
+    of ``op_class`` (``calibration.memory_curves``: efficiency as a function of
+    the working set ``ws`` in bytes, ``MemoryCurve``) wins when ``ws`` is given;
+    then the calibrated ``memory_eff``; then ``hardware.efficiency.memory``."""
     cal = hw.calibration
-    if cal is not None and cal.memory_eff:
-        return cal.memory_eff
+    if cal is not None:
+        if op_class is not None and ws is not None and op_class in cal.memory_curves:
+            return cal.memory_curves[op_class].efficiency(ws)
+        if cal.memory_eff:
+            return cal.memory_eff
     return hw.efficiency.memory
 
 
@@ -99,6 +106,7 @@ def cost_ops(tree: Node, hw: Hardware, p: Precision, ops: list | None = None) ->
     mem_rate = bw * me
     over = hw.calibration.launch_overhead_s if hw.calibration else 0.0
     curves = hw.calibration.curves if hw.calibration is not None else {}
+    mcurves = hw.calibration.memory_curves if hw.calibration is not None else {}
     rates: dict[str, tuple] = {}     # op class -> (peak, peak*eff or None when eff depends on the op's size)
     out = []
     for path, m, op in (ops if ops is not None else _flatten(tree)):
@@ -118,11 +126,19 @@ def cost_ops(tree: Node, hw: Hardware, p: Precision, ops: list | None = None) ->
         else:
             cf = cb = flat
         tc = ff / cf if ff else 0.0
-        tm = fb / mem_rate if fb else 0.0
+        if cls in mcurves:     # cache-aware: the working set is the bytes the op touches
+            mc = mcurves[cls]
+            tm = fb / (bw * mc.efficiency(fb)) if fb else 0.0
+        else:
+            mc = None
+            tm = fb / mem_rate if fb else 0.0
         tf = max(tc, tm) + over
         bound_f = "compute" if tc >= tm else "memory"
         tc = bf_ / cb if bf_ else 0.0
-        tm = bb_ / mem_rate if bb_ else 0.0
+        if mc is not None:
+            tm = bb_ / (bw * mc.efficiency(bb_)) if bb_ else 0.0
+        else:
+            tm = bb_ / mem_rate if bb_ else 0.0
         tb = max(tc, tm) + (over if bf_ or bb_ else 0.0)
         out.append(OpCost(path, op, m, tf, tb, bound_f, "compute" if tc >= tm else "memory"))
     return out
@@ -335,6 +351,28 @@ class Report:
     def __getitem__(self, k):
         return self.values[k]
 
+    @classmethod
+    def lazy(cls, model, hardware, workload, values, load, memory_lines) -> "Report":
+        """A report whose ``ops`` and ``tree`` are made by ``load()`` -> (ops, tree) on
+        first access (the batch fast path, costmodel/fastpath.py)."""
+        rep = cls.__new__(cls)
+        rep.__dict__.update(model=model, hardware=hardware, workload=workload, values=values, explain=[],
+                            memory_lines=memory_lines, _load=load)
+        return rep
+
+    def __getattr__(self, name):   # only reached while a lazy report's ops / tree are not made yet
+        load = self.__dict__.get("_load") if name in ("ops", "tree") else None
+        if load is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.ops, self.tree = load()
+        del self.__dict__["_load"]
+        return self.__dict__[name]
+
+    def __getstate__(self):        # pickle / copy: a lazy report makes its ops and tree first
+        if "_load" in self.__dict__:
+            self.__getattr__("ops")
+        return self.__dict__
+
     def to_dict(self, ops: bool = True) -> dict:
         d = {"schema_version": SCHEMA_VERSION, "model": self.model, "hardware": self.hardware,
              "workload": self.workload}
@@ -460,16 +498,26 @@ def _train(r: Resolved) -> Report:
     """Training step on one device: roofline time of the busiest pipeline stage,
     its memory ledger, communication, bubble, and the whole run. The
     micro-batch-shape work (trees, op costs, their sums) is cached per shape in
-    ``train_profiles``; everything else is arithmetic in ``_train_values``
-    (the planner reuses both)."""
+    ``train_profiles``, or -- a new micro-batch of a shape already seen --
+    evaluated without a build by costmodel/fastpath.py (identical numbers;
+    the report then makes its ops and tree when read); everything else is
+    arithmetic in ``_train_values`` (the planner reuses both)."""
     spec, hw = r.spec, r.hw
-    prof, fprof, costs, dev_tree, memo = train_profiles(r)
-    values, mem_lines = _train_values(r, prof, fprof)
-    ib = memo.get("intensity_bound")
-    if ib is None:
-        ib = memo["intensity_bound"] = (_intensity(costs), _bound(costs))
-    values["arithmetic_intensity"], values["bound"] = ib
-    rep = Report(spec.name, hw.name, _workload_dict(r), values, costs, dev_tree, memory_lines=mem_lines)
+    from .fastpath import train_fast
+    fast = train_fast(r)     # a micro-batch of an already seen shape: no tree build (identical results)
+    if fast is not None:
+        prof, fprof, ib, load = fast
+        values, mem_lines = _train_values(r, prof, fprof)
+        values["arithmetic_intensity"], values["bound"] = ib
+        rep = Report.lazy(spec.name, hw.name, _workload_dict(r), values, load, mem_lines)
+    else:
+        prof, fprof, costs, dev_tree, memo = train_profiles(r)
+        values, mem_lines = _train_values(r, prof, fprof)
+        ib = memo.get("intensity_bound")
+        if ib is None:
+            ib = memo["intensity_bound"] = (_intensity(costs), _bound(costs))
+        values["arithmetic_intensity"], values["bound"] = ib
+        rep = Report(spec.name, hw.name, _workload_dict(r), values, costs, dev_tree, memory_lines=mem_lines)
     if r.explain:
         from .explain import explain_train
         rep.explain = explain_train(rep, r)
@@ -655,6 +703,135 @@ def _opt_total(F: dict, optimizer: str, state_bytes: int) -> float:
     return F["opt"][key]
 
 
+# --- parameter update ---------------------------------------------------------
+def update_bytes_per_param(optimizer: str, impl: str, dtypes: dict, opt_bpp: float) -> float:
+    """Bytes one optimizer step moves per parameter (reads + writes).
+
+    fused (one kernel; torch ``fused=True``, apex FusedAdam): read the updated
+    weights (fp32 master when there is one), the gradient and the states, write
+    weights and states back, plus the 16-bit copy of master weights:
+    ``2*w + g + 2*states (+ 16-bit weight)``.
+
+    foreach / single-tensor (torch.optim defaults: foreach on CUDA,
+    single-tensor on the CPU; torch/optim/adam.py ``_multi_tensor_adam`` /
+    ``_single_tensor_adam``, torch 2.13, non-capturable path), one kernel per line,
+    w = updated weight, g = grad, m, v = states, t = temporaries (state dtype):
+
+        param.mul_(1 - lr*wd)                      r w, w w          (AdamW only)
+        exp_avg.lerp_(grad, 1 - beta1)             r m, r g, w m
+        exp_avg_sq.mul_(beta2)                     r v, w v
+        exp_avg_sq.addcmul_(grad, grad, 1 - beta2) r v, r g, w v
+        denom = exp_avg_sq.sqrt()                  r v, w t
+        denom / bias_correction2_sqrt              r t, w t
+        .add_(eps)                                 r t, w t
+        param.addcdiv_(exp_avg, denom, -step)      r w, r m, r t, w w
+
+    = 4w + 2g + 8s + 6s per parameter for AdamW (2w fewer for Adam: torch's
+    default weight_decay is 0): 80 bytes in fp32, against 28 fused. SGD with
+    momentum (torch/optim/sgd.py ``_single_tensor_sgd``): ``buf.mul_(mu)``
+    ``.add_(grad)``, ``param.add_(buf)`` = 2w + g + 5s; plain SGD's single
+    ``param.add_(grad)`` equals the fused pass."""
+    wu = dtypes["master"] or dtypes["weight"]
+    copy = dtypes["weight"] if dtypes["master"] else 0
+    g, st = dtypes["grad"], dtypes["state"]
+    if impl == "fused" or optimizer == "sgd":
+        return 2 * wu + g + copy + 2 * opt_bpp
+    copy_unfused = (wu + copy) if copy else 0       # a separate cast kernel reads the master copy
+    if optimizer in ("adam", "adamw"):
+        return (4 if optimizer == "adamw" else 2) * wu + 2 * g + 14 * st + copy_unfused
+    if optimizer == "sgd-momentum":
+        return 2 * wu + g + 5 * st + copy_unfused
+    raise CostModelError(f"{impl!r} is modelled only for adam, adamw, sgd and sgd-momentum (torch.optim's "
+                         f"kernels), not {optimizer!r} (expected fused)", field="optimizer_impl")
+
+
+# zero_grad(set_to_none=False): grad.zero_() writes g, then backward's AccumulateGrad
+# adds in place, grad += new_grad: read 2 g, write g (torch/csrc/autograd/functions/accumulate_grad.h)
+ZERO_GRAD_PASSES = 4
+
+
+def update_kernels_per_tensor(optimizer: str | None, impl: str, zero_grad: str) -> int:
+    """Kernel launches per parameter tensor of one update. single-tensor: one
+    per line above, plus ``step_t += 1`` (a tensor op) for Adam(W); foreach
+    and fused launch once per list of tensors (counted as 0 per tensor);
+    zero_grad="zero": ``grad.zero_()`` and the accumulation, per tensor."""
+    k = 0
+    if optimizer and impl == "single-tensor":
+        k = {"adamw": 9, "adam": 8, "sgd-momentum": 3, "sgd": 1}.get(optimizer, 0)
+    return k + (2 if zero_grad == "zero" else 0)
+
+
+def tied_grad_sum_time(hw: Hardware, tied_params: float, grad_bytes: float) -> float:
+    """A table shared by the token embedding and the LM head gets two gradients
+    per backward; autograd adds them into a new tensor (``aten::add`` of two
+    (vocab, d) tensors, read 2 + write 1, in torch.profiler's trace of a gpt2
+    training step). Costed as an elementwise op on the calibrated elementwise
+    memory curve (``MemoryCurve``); 0 on hardware without one, where it is left
+    out as before (at HBM bandwidth it is a fraction of a millisecond)."""
+    cal = hw.calibration
+    if cal is None or "elementwise" not in cal.memory_curves:
+        return 0.0
+    nbytes = 3 * tied_params * grad_bytes
+    return nbytes / (hw.memory.bandwidth * memory_efficiency(hw, "elementwise", nbytes)) + cal.launch_overhead_s
+
+
+def _param_tensors(F: dict) -> list:
+    """(elements, multiplicity) of every parameter tensor of the model, cached in F."""
+    t = F.get("tensors")
+    if t is None:
+        t = F["tensors"] = [(math.prod(sh), m) for _, m, o in F["ops"] for sh in o.param_shapes]
+    return t
+
+
+def update_fresh_kernels(optimizer: str | None, impl: str, dtypes: dict) -> list:
+    """Bytes per parameter of the update's kernels that write a *new* tensor
+    (the rest work in place): single-tensor AdamW's ``exp_avg_sq.sqrt()`` and
+    ``/ bias_correction2_sqrt`` (read t, write t each); foreach's
+    ``_foreach_sqrt`` (its division and eps are in place)."""
+    if optimizer not in ("adam", "adamw") or impl == "fused":
+        return []
+    st = dtypes["state"]
+    return [2 * st] * (2 if impl == "single-tensor" else 1)
+
+
+def update_time(hw: Hardware, optimizer: str | None, impl: str, zero_grad: str, dtypes: dict, opt_bpp: float,
+                tensors: list, share: float = 1.0) -> float:
+    """Seconds of the parameter update: the optimizer's kernels (``optimizer``
+    None: none) plus zero_grad's fill and accumulation over each parameter
+    tensor of ``tensors`` ((elements, multiplicity); ``share`` of each on this
+    device). Memory-bound: bytes / (bandwidth * memory efficiency).
+
+    With a calibrated ``optimizer`` memory curve (cache-aware, ``MemoryCurve``)
+    each tensor is costed on its own: the in-place kernels at the
+    ``optimizer`` curve of the tensor's working set (weight + grad + state
+    bytes), the kernels that write a new tensor (``update_fresh_kernels``) as
+    elementwise ops (``elementwise`` curve of the bytes they touch), plus the
+    calibrated ``launch_overhead_s`` per kernel and ``update_overhead_s`` per
+    tensor of an optimizer step."""
+    bpp = update_bytes_per_param(optimizer, impl, dtypes, opt_bpp) if optimizer else 0.0
+    if zero_grad == "zero":
+        bpp += ZERO_GRAD_PASSES * dtypes["grad"]
+    bw = hw.memory.bandwidth
+    cal = hw.calibration
+    if cal is None or "optimizer" not in cal.memory_curves:
+        return sum(n * m for n, m in tensors) * share * bpp / (bw * memory_efficiency(hw))
+    foot = ((dtypes["master"] or dtypes["weight"]) + dtypes["grad"] + opt_bpp
+            + (dtypes["weight"] if dtypes["master"] else 0))
+    curve = cal.memory_curves["optimizer"]
+    fresh = update_fresh_kernels(optimizer, impl, dtypes)
+    inplace = bpp - sum(fresh)
+    over = (cal.launch_overhead_s * update_kernels_per_tensor(optimizer, impl, zero_grad)
+            + (cal.update_overhead_s if optimizer else 0.0))
+    total = 0.0
+    for n, m in tensors:
+        n = n * share
+        t = n * inplace / (bw * curve.efficiency(n * foot)) + over
+        for k in fresh:
+            t += n * k / (bw * memory_efficiency(hw, "elementwise", n * k))
+        total += m * t
+    return total
+
+
 def _stage_sum(d: dict, which: str, pp: int) -> float:
     """A per-segment quantity on one pipeline stage: 'all' (pp = 1), 'first'
     (embeddings + layers/pp) or 'last' (layers/pp + final norm, head, loss)."""
@@ -739,6 +916,8 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
         prm = _stage_sum(P["params"], which, pp) + (P["tied_params"] if which == "last" else 0.0)
         fwd, bwd, rc = (_stage_sum(P["fwd"], which, pp), _stage_sum(P["bwd"], which, pp),
                         _stage_sum(rec, which, pp))
+        if pp == 1 and P["tied_params"]:
+            bwd += tied_grad_sum_time(hw, P["tied_params"], p.weight_bytes)
         inflight = 1.0
         if which == "first":
             inflight = min(pp, m) * ((1 + (pp - 1) / (pp * v)) if v > 1 else 1)
@@ -765,6 +944,10 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
                                         + (dtypes["weight"] if dtypes["master"] else 0))
                        + 2 * big["params"] * opt_bpp) / shard_opt
     opt_time = opt_bytes_moved / (hw.memory.bandwidth * memory_efficiency(hw))
+    if wl.optimizer_impl != "fused" or wl.zero_grad != "set_to_none" or (
+            hw.calibration is not None and "optimizer" in hw.calibration.memory_curves):
+        opt_time = update_time(hw, wl.optimizer, wl.optimizer_impl, wl.zero_grad, dtypes, opt_bpp,
+                               _param_tensors(F), big["params"] / (params or 1) / shard_opt)
     cm = commmod.step_comm(r, spec, p, big["params"], dtypes, slow["fwd"], slow["bwd"],
                            P["tied_params"] if pp > 1 else 0.0)
     step_t = compute_t + opt_time + cm["exposed_s"] + bubble

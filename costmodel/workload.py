@@ -37,6 +37,15 @@ class Workload(BaseModel):
     optimizer: Literal["sgd", "sgd-momentum", "adam", "adamw", "lamb", "adafactor", "adam-8bit", "lion"] = "adamw"
     master_weights: bool = Field(True, description="16-bit training keeps fp32 master weights")
     fp32_grads: bool = Field(False, description="16-bit training accumulates gradients in fp32")
+    optimizer_impl: Literal["fused", "foreach", "single-tensor"] = Field(
+        "fused", description="fused: one kernel per step reads weights, grads, states and writes weights, states "
+                             "(torch fused=True, apex FusedAdam); foreach / single-tensor: torch.optim's unfused "
+                             "kernels, e.g. 8 per AdamW tensor, 20 words moved per parameter in fp32 "
+                             "(torch/optim/adam.py _multi_tensor_adam / _single_tensor_adam)")
+    zero_grad: Literal["set_to_none", "zero"] = Field(
+        "set_to_none", description="set_to_none: backward's gradient becomes .grad (torch >= 2.0 default); "
+                                   "zero: zero_grad(set_to_none=False), a zero-fill plus an in-place "
+                                   "accumulation grad += new (read 2, write 1) per parameter")
 
     # framework overhead, explicit lines (never hidden in a factor)
     cuda_context_bytes: float = Field(5.0e8, ge=0, description="CUDA context + library workspaces per device")

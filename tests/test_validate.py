@@ -225,3 +225,54 @@ def test_cli_exact_and_errors():
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "unknown model" in res.output
     res = CliRunner().invoke(main, ["measure", "--model", "no-such-model"])
     assert res.exit_code == 2 and "unknown model" in res.output
+
+
+@pytest.mark.parametrize("name,impl,dtype", [("adamw", "single-tensor", "fp32"), ("adamw", "foreach", "fp32"),
+                                             ("adam", "single-tensor", "fp32"), ("adamw", "single-tensor", "bf16"),
+                                             ("sgd-momentum", "single-tensor", "fp32")])
+def test_unfused_optimizer_bytes_match_torch(name, impl, dtype):
+    """engine.update_bytes_per_param against the aten ops torch.optim really runs:
+    a dispatch mode sums, over every op of one step on one N-element tensor, the
+    bytes of its distinct tensor inputs (read) and outputs (written); scalars
+    and the step counter (< N/2 elements) are left out. Also checks the
+    kernels that write a new tensor (engine.update_fresh_kernels: bytes per
+    parameter of each, its output read once and written once)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from costmodel.engine import update_bytes_per_param, update_fresh_kernels
+    from costmodel.memory import optimizer_state_bytes_per_param, state_dtypes
+    n = 4096
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    p = torch.nn.Parameter(torch.randn(n, dtype=dt))
+    p.grad = torch.randn(n, dtype=dt)
+    kw = {"foreach": impl == "foreach"}
+    opt = (torch.optim.SGD([p], lr=0.1, momentum=0.9, **kw) if name == "sgd-momentum" else
+           (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)([p], lr=1e-3, **kw))
+    opt.step()                                  # creates the states
+    big = lambda t: isinstance(t, torch.Tensor) and t.numel() >= n // 2   # noqa: E731
+
+    def flat(x):
+        if isinstance(x, (list, tuple)):
+            return [u for v in x for u in flat(v)]
+        return [x] if big(x) else []
+
+    class Count(TorchDispatchMode):
+        moved, fresh = 0, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ins = {t.untyped_storage().data_ptr(): t for t in flat(list(args) + list((kwargs or {}).values()))}
+            out = func(*args, **(kwargs or {}))
+            # written: the outputs and the arguments the schema marks as mutated
+            # (in-place foreach ops return nothing)
+            mutated = [a for a, sa in zip(args, func._schema.arguments) if sa.alias_info and sa.alias_info.is_write]
+            outs = {t.untyped_storage().data_ptr(): t for t in flat(out) + flat(mutated)}
+            Count.moved += sum(t.numel() * t.element_size() for t in list(ins.values()) + list(outs.values()))
+            Count.fresh += [2 * t.numel() * t.element_size() / n for k, t in outs.items() if k not in ins]
+            return out
+
+    with Count():
+        opt.step()
+    d = state_dtypes(dtype, master_weights=False, fp32_grads=False)
+    opt_bpp = optimizer_state_bytes_per_param(name, d["state"])
+    assert Count.moved / n == update_bytes_per_param(name, impl, d, opt_bpp)
+    assert sorted(Count.fresh) == sorted(update_fresh_kernels(name, impl, d))

@@ -81,12 +81,40 @@ class CalibrationCurve(_Strict):
     half_flops: float = Field(ge=0)
 
 
+class MemoryCurve(_Strict):
+    """Cache-aware memory efficiency of one op class: the fraction of
+    ``memory.bandwidth`` an op achieves as a function of its working set
+    ``ws`` (bytes it touches). A share ``h = cache_bytes / (cache_bytes + ws)``
+    of the traffic is served at ``cache_eff``, the rest at ``dram_eff``:
+
+        h = 1 / (1 + (ws / cache_bytes)^order)
+        1 / eff(ws) = h / cache_eff + (1 - h) / dram_eff
+
+    ``order`` sets how sharp the step at ``cache_bytes`` is (1: gradual; large:
+    a cliff, as for a streaming working set that just overflows an LRU cache).
+    Both efficiencies may exceed 1 (caches are faster than DRAM / HBM;
+    ``memory.bandwidth`` may be a multi-core or a conservative figure)."""
+    cache_eff: float = Field(gt=0, le=100)
+    dram_eff: float = Field(gt=0, le=100)
+    cache_bytes: float = Field(gt=0, description="working set at which half the traffic hits the cache, bytes")
+    order: float = Field(1.0, ge=0.25, le=16)
+
+    def efficiency(self, ws: float) -> float:
+        h = 1.0 / (1.0 + (max(ws, 0.0) / self.cache_bytes) ** self.order)
+        return 1.0 / (h / self.cache_eff + (1.0 - h) / self.dram_eff)
+
+
 class Calibration(_Strict):
     source: str
     date: str
     curves: dict[str, CalibrationCurve] = {}
     memory_eff: Optional[float] = Field(None, gt=0, le=1)
+    memory_curves: dict[str, MemoryCurve] = Field(
+        {}, description="per op class (elementwise, optimizer): size-dependent memory efficiency; "
+                        "classes without one use memory_eff")
     launch_overhead_s: float = Field(0.0, ge=0)
+    update_overhead_s: float = Field(0.0, ge=0, description="host time per parameter tensor of an optimizer step "
+                                                           "(torch.optim's per-tensor Python loop), s")
     notes: str = ""
 
 

@@ -10,11 +10,17 @@ the engine on the hardware YAML that describes the measured device:
 * a whole-step row is ``engine.estimate`` of the model: a training step
   (``step_time_s``: forward + backward + AdamW update) or one inference
   forward (``forward_time_s``), at the measured batch, sequence / image and
-  dtype. fp32 runs are fp32 everywhere; bf16 runs are *pure* bf16 (weights,
-  gradients and AdamW states in bf16: ``master_weights=False``). Memory:
-  ``total_memory_bytes`` with ``cuda_context_bytes=0`` and
-  ``allocator_slack=0`` (the measurement counts tensors only); inference:
-  weights + the working set of activations.
+  dtype, with AdamW in the implementation torch ran (single-tensor on the
+  CPU, foreach on CUDA: ``optimizer_impl``) and ``zero_grad="zero"`` for
+  ``zero_grad(set_to_none=False)``;
+* a parameter-update row (``engine_update``: one tensor's AdamW step, or its
+  gradient zero-fill + accumulation) is ``engine.update_time`` of that tensor.
+
+fp32 runs are fp32 everywhere; bf16 runs are *pure* bf16 (weights,
+gradients and AdamW states in bf16: ``master_weights=False``). Memory:
+``total_memory_bytes`` with ``cuda_context_bytes=0`` and
+``allocator_slack=0`` (the measurement counts tensors only); inference:
+weights + the working set of activations.
 
 A CPU run on fewer threads than the YAML's ``cores`` is predicted with the
 compute peaks scaled by threads / cores (``as_run``).
@@ -163,25 +169,55 @@ def as_run(doc: dict, hw):
 
 # --- predictions ------------------------------------------------------------------------
 def predict_single(row: dict, hw) -> float:
-    """Forward time of a single-op row: the roofline of each of its engine ops."""
+    """Forward time of a single-op row: the roofline of each of its engine ops
+    (memory term cache-aware where the class has a calibrated memory curve, as
+    in ``engine.cost_ops``); a parameter-update row (``engine_update``): the
+    engine's update time of one tensor (``engine.update_time``)."""
     from ..engine import efficiency, memory_efficiency, op_peak, roofline
     from ..ops import Precision, make
+    if row.get("engine_update"):
+        return predict_update(row, hw)
     p = Precision.of(row["dtype"])
-    bw, me = hw.memory.bandwidth, memory_efficiency(hw)
+    bw = hw.memory.bandwidth
     over = hw.calibration.launch_overhead_s if hw.calibration else 0.0
     total = 0.0
     for e in row["engine_ops"]:
         op = make(e["kind"], "op", p, **e["dims"])
         t, _ = roofline(op.fwd_flops, op.fwd_bytes, op_peak(hw, p, op.op_class),
-                        efficiency(hw, op.op_class, op.fwd_flops), bw, me, over)
+                        efficiency(hw, op.op_class, op.fwd_flops), bw,
+                        memory_efficiency(hw, op.op_class, op.fwd_bytes), over)
         total += t
     return total
 
 
-def step_workload(row: dict) -> dict:
+def update_dtypes(dtype: str) -> dict:
+    """State dtypes of a measured run: fp32 everywhere, or pure 16-bit (no master weights)."""
+    from ..memory import state_dtypes
+    return state_dtypes(dtype, master_weights=False, fp32_grads=False)
+
+
+def predict_update(row: dict, hw) -> float:
+    from ..engine import update_time
+    from ..memory import optimizer_state_bytes_per_param
+    u = row["engine_update"]
+    d = update_dtypes(row["dtype"])
+    opt_bpp = optimizer_state_bytes_per_param(u["optimizer"], d["state"]) if u.get("optimizer") else 0.0
+    return update_time(hw, u.get("optimizer"), u.get("impl", "fused"), u.get("zero_grad", "set_to_none"), d, opt_bpp,
+                       [(u["elements"], 1)])
+
+
+def step_workload(row: dict, device_kind: str | None = None) -> dict:
+    """The engine workload of a whole-step row, as it was run: AdamW in the
+    implementation torch used (``optimizer_impl`` of the row; older recordings:
+    torch's default, foreach on CUDA and single-tensor on the CPU) and
+    ``zero_grad(set_to_none=False)`` when the row says so."""
     wl = dict(batch=row["batch"], precision=row["dtype"], mode="train" if row["category"] == "train_step" else "inference",
               optimizer="adamw", recompute="none", flash=False, cuda_context_bytes=0.0, allocator_slack=0.0,
               gen_tokens=0)
+    if row["category"] == "train_step":
+        wl["optimizer_impl"] = row.get("optimizer_impl") or ("foreach" if device_kind == "gpu" else "single-tensor")
+        if row.get("zero_grad") == "set_to_none=False":
+            wl["zero_grad"] = "zero"
     if row["dtype"] in ("bf16", "fp16"):
         wl["master_weights"] = False     # pure 16-bit run: weights, grads, AdamW states in bf16
     if row.get("seq"):
@@ -191,10 +227,10 @@ def step_workload(row: dict) -> dict:
     return wl
 
 
-def predict_step(row: dict, hw) -> tuple[float, float]:
+def predict_step(row: dict, hw, device_kind: str | None = None) -> tuple[float, float]:
     """(time in s, peak memory in bytes) of a whole-step row."""
     from ..engine import estimate
-    rep = estimate(row["model"], hw, step_workload(row), overrides=row.get("overrides") or None)
+    rep = estimate(row["model"], hw, step_workload(row, device_kind), overrides=row.get("overrides") or None)
     v = rep.values
     if row["category"] == "train_step":
         return v["step_time_s"], v["total_memory_bytes"]
@@ -215,6 +251,6 @@ def compare(doc: dict, hw, data_path: str = "") -> Comparison:
         if r["category"] == "single_op":
             cmp.rows.append(Row(r["id"], "single_op", r["time_s"], predict_single(r, hw), op_class=r.get("op_class", "")))
         elif r["category"] in WHOLE:
-            t, m = predict_step(r, hw)
+            t, m = predict_step(r, hw, doc.get("device", {}).get("kind"))
             cmp.rows.append(Row(r["id"], r["category"], r["time_s"], t, r.get("peak_memory_bytes"), m))
     return cmp

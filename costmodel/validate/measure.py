@@ -5,7 +5,10 @@
 
 * single ops -- matmul over a grid of shapes, attention (eager and
   ``F.scaled_dot_product_attention``), LayerNorm, GELU, softmax, conv2d:
-  forward wall time per call. Each row names the engine ops that model it
+  forward time per call; and the parameter update of one tensor at several
+  sizes: an AdamW step (torch's default implementation on the device) and
+  ``grad.zero_()`` + ``grad += new`` (zero_grad(set_to_none=False) and
+  backward's accumulation). Each row names the engine ops that model it
   (kind + dims) so ``costmodel validate`` can predict it, and calibration
   fits efficiency curves from these rows only;
 * whole steps -- a training step (forward + backward + AdamW) or an inference
@@ -13,7 +16,8 @@
   wall time per step, kernel time per op class (torch.profiler), and peak memory.
 
 Timing: ``warmup`` untimed calls, then ``iters`` timed calls (CUDA events on
-a GPU, ``time.perf_counter`` on the CPU); ``time_s`` is the minimum, as
+a GPU; on the CPU with one thread ``time.thread_time``, the thread's CPU
+time, else ``time.perf_counter``); ``time_s`` is the minimum, as
 interference from other processes only ever adds time (the advice of
 Python's ``timeit``), ``time_median_s`` the median; each row records the
 host's 1-minute load average before and after.
@@ -245,6 +249,7 @@ def single_op_scenarios(device: str, dtypes: list[str], quick: bool) -> list[Sce
         rows = [(128, 768), (512, 768), (2048, 1024), (8192, 1024)]
         ew = [2 ** 14, 2 ** 17, 2 ** 20, 2 ** 22, 2 ** 24]
         sm = [(1536, 128), (3072, 256), (6144, 512)]
+        upd = [2 ** 14, 2 ** 17, 2 ** 20, 2 ** 22, 2 ** 24, 2 ** 26]
         convs = [(1, 3, 224, 64, 7, 2, 3), (1, 64, 56, 64, 3, 1, 1), (1, 64, 56, 256, 1, 1, 0),
                  (1, 128, 28, 128, 3, 1, 1), (1, 256, 14, 256, 3, 1, 1), (1, 512, 7, 2048, 1, 1, 0),
                  (2, 3, 224, 768, 16, 16, 0)]
@@ -256,6 +261,7 @@ def single_op_scenarios(device: str, dtypes: list[str], quick: bool) -> list[Sce
         rows = [(4096, 768), (16384, 1024), (65536, 1024), (8192, 4096)]
         ew = [2 ** 16, 2 ** 20, 2 ** 24, 2 ** 26, 2 ** 28]
         sm = [(8 * 12 * 512, 512), (8 * 16 * 1024, 1024), (4 * 16 * 2048, 2048)]
+        upd = [2 ** 16, 2 ** 20, 2 ** 22, 2 ** 24, 2 ** 26, 2 ** 28]
         convs = [(32, 3, 224, 64, 7, 2, 3), (32, 64, 56, 64, 3, 1, 1), (32, 64, 56, 256, 1, 1, 0),
                  (32, 128, 28, 128, 3, 1, 1), (32, 256, 14, 256, 3, 1, 1), (32, 512, 7, 512, 3, 1, 1),
                  (32, 512, 7, 2048, 1, 1, 0), (32, 3, 224, 768, 16, 16, 0)]
@@ -315,7 +321,48 @@ def single_op_scenarios(device: str, dtypes: list[str], quick: bool) -> list[Sce
                                [{"kind": "conv2d", "dims": dict(n=n, c_in=c, h=hw, w=hw, c_out=o, kernel=k,
                                                                stride=s, padding=pd, bias=False)}], mk_c,
                                n=n, c_in=c, hw=hw, c_out=o, kernel=k, stride=s, padding=pd))
+        # the parameter update, one tensor of e elements: AdamW's step (torch's default
+        # implementation on this device) and zero_grad(set_to_none=False)'s fill +
+        # backward's in-place accumulation grad += new_grad
+        for e in upd:
+            def mk_opt(e=e, dt=dt):
+                p = torch.nn.Parameter(t(e, dt=dt))
+                p.grad = t(e, dt=dt)
+                return torch.optim.AdamW([p], lr=1e-5).step
+            impl = optimizer_impl(device)
+            out.append(_single_update(f"adamw/{dt}/{e}", "adamw_step", dt, mk_opt,
+                                      dict(optimizer="adamw", impl=impl, zero_grad="set_to_none", elements=e),
+                                      elements=e))
+
+            def mk_zero(e=e, dt=dt):
+                g, new = t(e, dt=dt), t(e, dt=dt)
+
+                def fn():
+                    g.zero_()
+                    g.add_(new)
+                return fn
+            out.append(_single_update(f"grad_zero_accumulate/{dt}/{e}", "grad_zero_accumulate", dt, mk_zero,
+                                      dict(optimizer=None, impl=impl, zero_grad="zero", elements=e), elements=e))
     return out
+
+
+def _single_update(id_, op_name, dtype, make_fn, update: dict, **shape):
+    """A single-op row of the parameter update (op class ``optimizer``); the
+    engine predicts it with ``engine.update_time`` from ``engine_update``."""
+    return Scenario(id_, "single_op", lambda: (make_fn(), {}),
+                    dict(op=op_name, op_class="optimizer", dtype=dtype, shape=shape, engine_ops=[],
+                         engine_update=update))
+
+
+def optimizer_impl(device: str) -> str:
+    """The implementation torch.optim.AdamW picks by default for tensors on ``device``."""
+    try:
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+        p = torch.zeros(1, device=device, requires_grad=True)
+        fused, foreach = _default_to_fused_or_foreach([p], differentiable=False, use_fused=False)
+        return "fused" if fused else "foreach" if foreach else "single-tensor"
+    except Exception:   # noqa: BLE001 -- private helper: fall back to the documented defaults
+        return "foreach" if device == "cuda" else "single-tensor"
 
 
 # (model, seq, image, train batches, inference batches): the shipped models named by the issue
@@ -363,7 +410,7 @@ def _model_setup(name, mode, dt, batch, seq, image, device):
                 m(**inputs).backward()
                 opt.step()
             extra = {"optimizer": "AdamW (torch defaults: foreach on CUDA, single-tensor on CPU)",
-                     "zero_grad": "set_to_none=False"}
+                     "optimizer_impl": optimizer_impl(device), "zero_grad": "set_to_none=False"}
         else:
             m.eval()
 
