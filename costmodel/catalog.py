@@ -210,71 +210,51 @@ def _validate_model(data: Any, loc: Located):
     except ValidationError as e:
         raise pydantic_error(e, loc) from None
     if isinstance(spec, CNNSpec):
-        bad = cnn_shape_problem(spec, spec.image_size)
+        bad = cnn_shape_error(spec, spec.image_size)
         if bad is not None:
-            li, what = bad
-            raise CostModelError(what, file=loc.file, line=loc.line_of(f"layers[{li}]"), field=f"layers[{li}]")
+            raise CostModelError(_cnn_message(spec, bad), file=loc.file, line=loc.line_of(bad.path), field=bad.path)
     return spec
 
 
-def cnn_shape_problem(spec: CNNSpec, image: int) -> tuple[int, str] | None:
-    """(layer index, message) for the first layer of a CNN that cannot run at
-    ``image`` x ``image`` pixels (empty output, linear before flatten, ...), else None.
-    Output size per conv/pool: floor((size + 2p - (k-1) - 1)/s) + 1 (torch.nn.Conv2d docs)."""
-    from .ops import conv_out
-    h = image
-    flat = False
-    for li, L in enumerate(spec.layers):
-        t = L.type
-        if flat:
-            if t in ("conv", "bn", "maxpool", "avgpool", "adaptive_avgpool", "adaptive_maxpool", "resnet_stage"):
-                return li, f"{t} layer after flatten (expected conv/pool layers before the flatten)"
-            continue
-        if t == "linear":
-            return li, "linear layer before flatten (expected a flatten layer first)"
-        if t == "flatten":
-            flat = True
-            continue
-        if t == "conv":
-            k, s, pd = L.kernel, L.stride, L.padding
-        elif t in ("maxpool", "avgpool"):
-            k, s, pd = L.kernel, L.stride or L.kernel, L.padding
-        elif t == "resnet_stage":      # 3x3 conv, padding 1, and the 1x1 downsample: same size
-            k, s, pd = 3, L.stride, 1
-        elif t in ("adaptive_avgpool", "adaptive_maxpool"):
-            h = L.output
-            continue
-        else:
-            continue
-        out = conv_out(h, k, s, pd)
-        if out <= 0:
-            return li, (f"{t} (kernel {k}, stride {s}, padding {pd}) on a {h}x{h} input gives an empty "
-                        f"output (size {out}) at image {image} (expected an image of at least "
-                        f"{cnn_min_image(spec)} pixels, or a smaller kernel / more padding)")
-        h = out
+def cnn_shape_error(spec: CNNSpec, image: int):
+    """The ``CNNShapeError`` of the first layer of a CNN that cannot run at
+    ``image`` x ``image`` pixels (empty output, linear before flatten, residual
+    body and shortcut of different shapes, groups that do not divide the
+    channels, ...), else None. One source of truth: the CNN builder itself,
+    run at batch 1 (well under a millisecond). Output size per conv/pool:
+    floor((size + 2p - (k-1) - 1)/s) + 1 (torch.nn.Conv2d docs)."""
+    from .build import CNNShapeError, Shape, build_cnn
+    from .ops import Precision
+    try:
+        build_cnn(spec, Shape(batch=1, image=image), Precision.of("fp32"))
+    except CNNShapeError as e:
+        return e
     return None
+
+
+def _cnn_message(spec: CNNSpec, e) -> str:
+    if e.empty:
+        return (f"{e.message} (expected an image of at least {cnn_min_image(spec)} pixels, or a smaller "
+                f"kernel / more padding)")
+    return e.message
+
+
+def cnn_shape_problem(spec: CNNSpec, image: int) -> tuple[int, str] | None:
+    """(top-level layer index, message) for the first layer of a CNN that
+    cannot run at ``image`` x ``image`` pixels, else None; a layer nested in a
+    residual / concat block is named in the message (``body[2]: ...``)."""
+    e = cnn_shape_error(spec, image)
+    if e is None:
+        return None
+    sub = e.path[len(f"layers[{e.li}]"):].lstrip(".")
+    return e.li, (f"{sub}: " if sub else "") + _cnn_message(spec, e)
 
 
 def cnn_min_image(spec: CNNSpec, limit: int = 16384) -> str:
     """Smallest image side for which every layer has a non-empty output ('?' if none up to ``limit``)."""
-    from .ops import conv_out
     def ok(img):
-        h = img
-        for L in spec.layers:
-            t = L.type
-            if t == "flatten":
-                return True
-            if t == "conv":
-                h = conv_out(h, L.kernel, L.stride, L.padding)
-            elif t in ("maxpool", "avgpool"):
-                h = conv_out(h, L.kernel, L.stride or L.kernel, L.padding)
-            elif t == "resnet_stage":
-                h = conv_out(h, 3, L.stride, 1)
-            elif t in ("adaptive_avgpool", "adaptive_maxpool"):
-                h = L.output
-            if h <= 0:
-                return False
-        return True
+        e = cnn_shape_error(spec, img)
+        return e is None or not e.empty
     lo, hi = 1, limit
     if not ok(hi):
         return "?"

@@ -18,7 +18,8 @@ from . import comm as commmod
 from .build import Shape, build
 from .catalog import load_hardware, load_model
 from .errors import CostModelError, suggest
-from .memory import model_state_bytes, optimizer_state_bytes, optimizer_state_bytes_per_param, state_dtypes
+from .memory import (backward_bytes, model_state_bytes, optimizer_state_bytes, optimizer_state_bytes_per_param,
+                     optimizer_temp_bytes, state_dtypes)
 from .ops import Op, Precision
 from .specs.hardware import Hardware
 from .specs.model import CNNSpec, MLPSpec, RNNSpec, TransformerSpec, ViTSpec
@@ -169,8 +170,10 @@ def _apply_overrides(obj, overrides: dict[str, Any], prefix: str):
                                      f"(expected {where}=VALUE)", field=prefix + path)
             elif k not in cur:
                 valid = sorted(str(x) for x in cur)
+                shown = ", ".join(valid[:24]) + (f", ... ({len(valid) - 24} more: `costmodel show` lists all)"
+                                                 if len(valid) > 24 else "")
                 raise CostModelError(f"no field {k!r} at {where}{suggest(k, valid)} "
-                                     f"(valid fields: {', '.join(valid)})", field=prefix + path)
+                                     f"(valid fields: {shown})", field=prefix + path)
             if i == len(keys) - 1:
                 cur[k] = value
             else:
@@ -620,9 +623,13 @@ def _train_profile(r: Resolved, costs: list[OpCost], p: Precision) -> dict:
     units: dict = {}           # block -> parameters of one instance (a ZeRO-3 / FSDP unit)
     tied = 0.0
     vocab = getattr(spec, "vocab_size", None)
+    max_tensor = dict.fromkeys(_SEGS, 0.0)   # elements of the largest parameter tensor on the device
     for c, s in zip(costs, _segments([c.path for c in costs])):
         o, n = c.op, c.count
         k = _vocab_split(o, spec, tp)
+        if o.param_shapes:
+            dv = tp if _vocab_table(o, spec, tp) else k
+            max_tensor[s] = max(max_tensor[s], max(math.prod(sh) for sh in o.param_shapes) / dv)
         P["fwd"][s] += n * c.fwd_time / k
         P["bwd"][s] += n * c.bwd_time / k
         prm = o.params / k
@@ -664,7 +671,209 @@ def _train_profile(r: Resolved, costs: list[OpCost], p: Precision) -> dict:
     P["layer_one"] = tuple(layer[:4]) if layer else None
     P["max_unit_params"] = max(units.values(), default=0.0)
     P["tied_params"] = tied if (isinstance(spec, TransformerSpec) and spec.tied_embeddings and spec.lm_head) else 0.0
+    P["max_tensor"] = max_tensor
+    P["bwd_static"], P["bwd_cols"], P["bwd_table"] = _bwd_records(r, costs, p)
+    P["bwd_tp"] = tp
+    P["bwd_memo"] = {}          # _bwd_lines
     return P
+
+
+def _vocab_table(o: Op, spec, tp: int) -> bool:
+    """A token embedding of the vocabulary split over the tensor-parallel group (Megatron's
+    vocabulary-parallel embedding; the builder keeps the whole table)."""
+    return (tp > 1 and o.kind == "embedding" and o.name == "token"
+            and o.dims.get("rows") == getattr(spec, "vocab_size", None))
+
+
+# --- the backward pass's transient memory -------------------------------------
+_SEGI = {s: i for i, s in enumerate(_SEGS)}
+
+
+def _table_users(costs: list, spec) -> list[int]:
+    """Indices of the ops that read one vocabulary table through autograd: the
+    token embedding that owns it, embeddings sharing it (an encoder-decoder's
+    decoder: no parameters of its own) and a tied LM head (none either).
+    Empty unless at least two ops share the table."""
+    if not isinstance(spec, TransformerSpec):
+        return []
+    v = spec.vocab_size
+    out = []
+    for i, c in enumerate(costs):
+        o = c.op
+        if o.kind == "embedding" and o.name == "token" and o.dims.get("rows") == v and (o.params == 0 or not out):
+            out.append(i)
+        elif o.kind == "linear" and o.name == "lm_head" and o.params == 0 and o.dims.get("d_out") == v:
+            out.append(i)
+    return out if len(out) >= 2 and costs[out[0]].op.params else []
+
+
+def _bwd_records(r, costs: list, p: Precision) -> tuple[dict, tuple, float]:
+    """What ``_bwd_scan`` needs, per op in forward order: ``static`` (the same at
+    every micro-batch: runs of ops -- one repeated block, or one op outside
+    blocks -- as (first, last, is block), segment index, count, loss vocab
+    divisor, replicated, weight-gradient bytes of its backward, the constant
+    bytes of each op's moment per (per segment, .grad exists), the later sums
+    of a shared vocabulary table, path); ``cols`` (saved bytes, seq x seq saved
+    bytes, block input bytes at a block's first op, gradient bytes of its
+    backward: ``memory.backward_bytes``), which scale with the micro-batch; and
+    the shared table's bytes.
+
+    Shared table (pp = 1; ``_table_users``): its first gradient in backward
+    order is the last reader's weight gradient; each earlier reader's adds a
+    second table and a sum; between the first and the last reader the buffered
+    partial sum is alive, extra only when ``.grad`` exists (else it is the
+    ``.grad`` the ledger already counts)."""
+    spec, tp = r.spec, r.wl.tp
+    wb = state_dtypes(r.precision, True, False)["weight"]     # autograd's gradients: the parameter dtype
+    users = _table_users(costs, spec)
+    table = costs[users[0]].op.params / (tp if tp > 1 else 1) * wb if users else 0.0
+    first, last = (users[0], users[-1]) if users else (-1, -1)
+    seen: set = set()
+    runs, seg, cnt, kdiv, rep, wgl, roles, paths = [], [], [], [], [], [], [], []
+    sv, qd, inp, gl = [], [], [], []
+    prev = None
+    for i, (c, s) in enumerate(zip(costs, _segments([c.path for c in costs]))):
+        o = c.op
+        k = _vocab_split(o, spec, tp)
+        g, we = backward_bytes(o, p.act_bytes, k)
+        if _vocab_table(o, spec, tp):
+            we = we / tp
+        key = c.path.rsplit("/", 1)[0] if _in_block(c.path) else None
+        if key is not None and key == prev:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i, key is not None])
+        prev = key
+        blk_inp = 0.0
+        if key is not None and key not in seen:
+            seen.add(key)
+            blk_inp = _block_input(o, p)
+        seg.append(_SEGI[s])
+        cnt.append(c.count)
+        kdiv.append(k if o.kind == "cross_entropy" else 1)
+        rep.append(_replicated(c))
+        wgl.append(we * wb)
+        roles.append((1 if i == last else 2 if i in users else 3 if first < i < last else 0) if users else 0)
+        paths.append(c.path)
+        sv.append(o.saved_bytes)
+        qd.append(_quad_saved(o, p.act_bytes))
+        inp.append(blk_inp)
+        gl.append(g)
+    const = {}
+    for per_segment in (False, True):
+        for existing in (False, True):
+            cs = []
+            for wg, role in zip(wgl, roles):
+                if role == 1:
+                    wg = table
+                if role == 2 and not per_segment:
+                    cs.append(2 * table if existing else table)
+                elif role == 3 and not per_segment:
+                    cs.append(wg + table if existing else 0.0)
+                else:
+                    cs.append(wg if existing else 0.0)
+            const[(per_segment, existing)] = tuple(cs)
+    sums = {e: {i: (3 * table if e else 2 * table, paths[i] + ": shared-table gradient sum")
+                for i, role in enumerate(roles) if role == 2} for e in (False, True)}
+    static = dict(runs=tuple(tuple(x) for x in runs), seg=tuple(seg), count=tuple(cnt), k=tuple(kdiv),
+                  rep=tuple(rep), const=const, sums=sums, path=tuple(paths))
+    return static, (sv, qd, inp, gl), table
+
+
+def _envelope(env: dict, path: tuple, sums: dict) -> tuple:
+    """Lines (value at this micro-batch, constant, where) no other line beats at
+    every micro-batch: ``x * value + constant`` for x = micro-batch / this one."""
+    best = -math.inf
+    out = []
+    for c in sorted(env, reverse=True):
+        v, q, is_sum = env[c]
+        if v > best:
+            out.append((v, c, sums[q][1] if is_sum else path[q]))
+            best = v
+    out.reverse()
+    return tuple(out)
+
+
+def _bwd_scan(static: dict, cols: tuple, tp: int, mode: str, spv: bool, existing: bool, per_segment: bool,
+              W: float):
+    """The backward pass's transient peak above the saved activations, as lines
+    (``_envelope``), for one recompute ``mode``, sequence parallelism ``spv``,
+    and ``existing`` (``.grad`` already allocated); records: ``_bwd_records``.
+
+    Backward runs the ops in reverse; while op i's backward runs, the saved
+    tensors of op i and of every op before it are alive, those of later ops are
+    freed (PyTorch frees a node's saved tensors once it has run,
+    retain_graph=False). The ledger's activations count all saved tensors, so
+    op i adds ``moment_i - freed_i``: ``moment_i`` = its gradient bytes
+    (``memory.backward_bytes``) + its weight-gradient temporary when ``.grad``
+    already exists (zero_grad(set_to_none=False), or any micro-batch after the
+    first), ``freed_i`` = the saved bytes after op i (a repeated block's last
+    instance is the worst one: within it, only its later ops are freed). With
+    full recomputation (``W``: the recompute working set the ledger books) a
+    block being back-propagated holds its recomputed activations, and no block
+    is recomputed while ops outside blocks run.
+
+    A vocabulary table read by several ops (a tied LM head, an
+    encoder-decoder's shared embedding) gets one gradient per reader: autograd
+    buffers the first and sums each later one into a new tensor (aten::add of
+    two (vocab, d) tables: buffered + new + sum alive at once), the last sum
+    becoming ``.grad``. Measured: the CPU peaks of gpt2 and gpt2-medium are the
+    model states plus 3 tables to within 3 KB (validation/cpu-amd-epyc).
+
+    ``per_segment``: {segment: lines} with only the segment's later ops freed
+    (pipeline stages add their later segments; no shared table across stages),
+    else the whole device in order (pp = 1). A line is (bytes above the
+    activations at this micro-batch -- they scale with it --, bytes that do not,
+    op path).
+    """
+    sv, qd, inp, g = cols
+    ff, spd = (1 - 1 / tp, tp) if spv else (0.0, 1)
+    full = mode == "full"
+    x = [a / b for a, b in zip(sv, static["k"])]
+    if ff:
+        x = [a - a * ff if r else a for a, r in zip(x, static["rep"])]
+    if mode == "selective":
+        x = [a - b for a, b in zip(x, qd)]
+    C = static["const"][(per_segment, existing)]
+    sums = {} if per_segment else static["sums"][existing]
+    seg, count = static["seg"], static["count"]
+    envs = [{} for _ in _SEGS] if per_segment else None
+    env: dict = {}
+    after = 0.0
+    seg_cur = -1
+    for j, i, blk in reversed(static["runs"]):
+        if per_segment and seg[j] != seg_cur:
+            after, seg_cur, env = 0.0, seg[j], envs[seg[j]]
+        tot = sum(x[j:i + 1]) if blk else x[i]
+        loc = after + ((W - tot if blk else W) if full else 0.0)
+        for q in range(i, j - 1, -1):
+            v = g[q] - loc
+            c = C[q]
+            got = env.get(c)
+            if got is None or v > got[0]:
+                env[c] = (v, q, False)
+            if q in sums:               # the shared table's gradient sum: this op's grad-out is freed
+                c = sums[q][0]
+                got = env.get(c)
+                if got is None or 0.0 - loc > got[0]:
+                    env[c] = (0.0 - loc, q, True)
+            loc += x[q]
+        after += count[j] * ((inp[j] / spd if blk else tot) if full else tot)
+    sm = static["sums"][existing]
+    if per_segment:
+        return {s: _envelope(envs[n], static["path"], sm) for n, s in enumerate(_SEGS)}
+    return _envelope(env, static["path"], sm)
+
+
+def _bwd_lines(P: dict, mode: str, spv: bool, existing: bool, per_segment: bool):
+    """``_bwd_scan`` of a training profile, memoized in it."""
+    key = (mode, spv, existing, per_segment)
+    got = P["bwd_memo"].get(key)
+    if got is None:
+        W = (P["working_sp"] if spv else P["working"]) if mode == "full" else 0.0
+        got = P["bwd_memo"][key] = _bwd_scan(P["bwd_static"], P["bwd_cols"], P["bwd_tp"], mode, spv, existing,
+                                             per_segment, W)
+    return got
 
 
 def _model_profile(full_ops: list, flash: bool) -> dict:
@@ -887,7 +1096,10 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
     stage keeps min(pp, m) micro-batches in flight (x (1 + (pp-1)/(pp v)) when
     interleaved; Korthikanti et al. 2022, sec. 4.2.3), the last stage one;
     the first holds the embeddings, the last the final norm, LM head, loss and
-    (tied weights) a copy of the word embedding.
+    (tied weights) a copy of the word embedding. The peak of a stage is
+    states + max(activations + the backward pass's working set (``_bwd_scan``),
+    the optimizer step's temporaries (``memory.optimizer_temp_bytes``)); the
+    ledger lists the lines of whichever is larger.
     """
     spec, hw, wl = r.spec, r.hw, r.wl
     tp, pp, dp, m, v = wl.tp, wl.pp, r.dp, r.accum, wl.interleave
@@ -911,6 +1123,12 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
     # Psi*(2+2+K)/N leaves this working set out.
     zero3_ws = (P["max_unit_params"] * (2 * dtypes["weight"] + dtypes["grad"])
                 if wl.zero >= 3 and dp > 1 else 0.0)
+    # transient memory (explicit lines; costmodel.memory): the backward pass's working set above
+    # the saved activations (``_bwd_scan``; weight-gradient temporaries when .grad already exists:
+    # zero_grad(set_to_none=False) or gradient accumulation), and the optimizer step's temporaries,
+    # which coexist with the model states but not with the activations.
+    existing = wl.zero_grad == "zero" or m > 1
+    shard_opt = dp if wl.zero >= 1 else 1
     stages = {}
     for which in (("all",) if pp == 1 else ("first", "last")):
         prm = _stage_sum(P["params"], which, pp) + (P["tied_params"] if which == "last" else 0.0)
@@ -925,13 +1143,42 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
         act = act_mb * inflight + working
         st = model_state_bytes(prm, dtypes, opt_bpp, wl.zero, dp)
         states = sum(st.values()) + zero3_ws
-        slack = slack_f * (states + act)
-        total = states + act + slack + ctx
-        free = (cap - ctx) / (1 + slack_f) - states
+        if pp == 1:
+            lines = _bwd_lines(P, mode, sp > 1, existing, False)
+            big_t = max(P["max_tensor"].values())
+        else:       # the stage's segments, each less the saved bytes of the stage's later segments
+            segs = ("pre", "layer", "mid") if which == "first" else ("layer", "mid", "post")
+            part = {s: acts[s] / (pp if s in ("layer", "mid") else 1) for s in segs}
+            by_seg = _bwd_lines(P, mode, sp > 1, existing, True)
+            lines = tuple((val - sum(part[t] for t in segs[i + 1:]), c, where) for i, s in enumerate(segs)
+                          for val, c, where in by_seg[s])
+            big_t = max(max(P["max_tensor"][s] for s in segs), P["tied_params"] if which == "last" else 0.0)
+        ws, ws_at = 0.0, ""
+        for val, c, where in lines:
+            if val + c > ws:
+                ws, ws_at = val + c, where
+        opt_tmp = optimizer_temp_bytes(wl.optimizer, wl.optimizer_impl, prm, big_t, dtypes["state"]) / shard_opt
+        fb = states + act + ws                       # forward / backward peak
+        ob = states - zero3_ws + opt_tmp             # optimizer-step peak (activations freed)
+        live = fb if fb >= ob else ob
+        slack = slack_f * live
+        total = live + slack + ctx
+        budget = (cap - ctx) / (1 + slack_f)
+        free = budget - states
         per_sample = act / mb if mb else 0.0
-        max_mb = int(free // per_sample) if per_sample > 0 and free > 0 else 0
+        max_mb = int(free // per_sample) if per_sample > 0 and free > 0 and ob <= budget else 0
+        for val, c, _ in lines:                      # every line of the working set must fit too
+            if not max_mb:
+                break
+            ps = (act + val) / mb
+            if ps > 0:
+                max_mb = min(max_mb, max(0, int((free - c) // ps)))
+            elif c > free:
+                max_mb = 0
         stages[which] = dict(params=prm, fwd=fwd, bwd=bwd, rec=rc, t=fwd + bwd + rc, inflight=inflight,
-                             act_mb=act_mb, act=act, st=st, slack=slack, total=total, max_mb=max_mb)
+                             act_mb=act_mb, act=act, st=st, slack=slack, total=total, max_mb=max_mb,
+                             ws=ws, ws_at=ws_at, opt_tmp=opt_tmp, phase="backward" if fb >= ob else "optimizer step",
+                             fb=fb, ob=ob)
     worst = max(stages.values(), key=lambda s: s["total"])
     slow = max(stages.values(), key=lambda s: s["t"])
     big = max(stages.values(), key=lambda s: s["params"])
@@ -939,7 +1186,6 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
     # --- time per device per step -------------------------------------------
     compute_t = m * slow["t"]
     bubble = (pp - 1) / v * slow["t"] if pp > 1 else 0.0
-    shard_opt = dp if wl.zero >= 1 else 1
     opt_bytes_moved = (big["params"] * (2 * (dtypes["master"] or dtypes["weight"]) + dtypes["grad"]
                                         + (dtypes["weight"] if dtypes["master"] else 0))
                        + 2 * big["params"] * opt_bpp) / shard_opt
@@ -978,11 +1224,17 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
         sv, rp, qd, inp = lo
         layer_act = (inp / sp if mode == "full" else sv - rp * (1 - 1 / sp) - (qd if mode == "selective" else 0.0))
     where = next(k for k, s in stages.items() if s is worst)
+    # the ledger is the composition of the peak: the forward/backward lines, or (when the
+    # optimizer step is the peak) the states and the step's temporaries
+    at_bwd = worst["phase"] == "backward"
     mem_lines = [("weights", st["weight"]), ("gradients", st["grad"]), ("master weights (fp32)", st["master"]),
                  (f"optimizer states ({wl.optimizer})", st["optimizer"]),
-                 ("ZeRO-3 gathered unit (2 x params + grads)", zero3_ws),
+                 ("ZeRO-3 gathered unit (2 x params + grads)", zero3_ws if at_bwd else 0.0),
                  ("activations" + (f" ({worst['inflight']:g} micro-batches in flight, {where} stage)"
-                                   if pp > 1 else ""), worst["act"]),
+                                   if pp > 1 else ""), worst["act"] if at_bwd else 0.0),
+                 (f"backward working set ({worst['ws_at'].split('/', 1)[-1] or '-'})", worst["ws"] if at_bwd else 0.0),
+                 (f"optimizer-step temporaries ({wl.optimizer_impl} {wl.optimizer})",
+                  0.0 if at_bwd else worst["opt_tmp"]),
                  (f"allocator slack ({wl.allocator_slack:.0%})", worst["slack"]), ("CUDA context", ctx)]
     max_mb = min(s["max_mb"] for s in stages.values())
     kind = _model_kind(spec)
@@ -999,6 +1251,9 @@ def _train_values(r: Resolved, P: dict, F: dict) -> tuple[dict, list]:
         "activation_bytes_per_micro_batch": worst["act_mb"],
         "activation_bytes_per_layer": layer_act,
         "recompute_working_bytes": working,
+        "backward_working_bytes": worst["ws"], "backward_working_op": worst["ws_at"] or None,
+        "optimizer_temp_bytes": worst["opt_tmp"], "memory_peak_phase": worst["phase"],
+        "forward_backward_peak_bytes": worst["fb"], "optimizer_step_peak_bytes": worst["ob"],
         "pipeline_in_flight": worst["inflight"],
         "memory_stage": where,
         "memory_by_stage": {k: s["total"] for k, s in stages.items()},

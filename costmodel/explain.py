@@ -76,9 +76,30 @@ def explain_train(rep, r) -> list[dict]:
     if v.get("energy_kwh"):
         out.append(_e("energy_kwh", "device_hours * TDP * utilisation * PUE / 1000",
                       f"TDP={hw.tdp_watts} W", v["energy_kwh"], "hardware datasheet TDP"))
-    out.append(_e("total_memory_bytes", "weights + grads + master + optimizer + activations + slack + context",
-                  ", ".join(f"{n}={fmt_bytes(b)}" for n, b in rep.memory_lines), v["total_memory_bytes"],
-                  "book 2.5.2; ZeRO sec. 3"))
+    existing = wl.zero_grad == "zero" or r.accum > 1
+    out.append(_e("backward_working_bytes",
+                  "max over ops of (grad-out + grad-in + temporaries of its backward [+ its weight-gradient "
+                  "temporary when .grad exists] - saved bytes of the ops after it, already freed); a shared "
+                  "vocabulary table adds its buffered gradient, the new one and their sum",
+                  f"at {v['backward_working_op'] or '-'}; .grad exists during backward: {existing} "
+                  f"(zero_grad={wl.zero_grad}, accum={r.accum})", v["backward_working_bytes"],
+                  "PyTorch autograd (torch/csrc/autograd/engine.cpp, input_buffer.cpp, "
+                  "functions/accumulate_grad.h; saved tensors freed after their node runs); what is saved: "
+                  "Korthikanti et al. 2022 sec. 4; loss: 2 x rows x vocab x 4 B (nll_loss_backward + "
+                  "log_softmax_backward); costmodel.memory.backward_bytes"))
+    out.append(_e("optimizer_temp_bytes", "single-tensor Adam(W): 2 x largest tensor x state bytes (sqrt, then "
+                  "/ bias correction); foreach: all parameters x state bytes (_foreach_sqrt); fused, SGD: 0; "
+                  "/ dp under ZeRO >= 1", f"optimizer={wl.optimizer} optimizer_impl={wl.optimizer_impl}",
+                  v["optimizer_temp_bytes"], "torch/optim/adam.py (_single_tensor_adam, _multi_tensor_adam)"))
+    phase = v["memory_peak_phase"]
+    out.append(_e("total_memory_bytes",
+                  "states + max(activations + backward working set [+ ZeRO-3 unit], optimizer-step temporaries)"
+                  " + slack x that + context",
+                  f"peak at the {phase}: forward/backward {fmt_bytes(v['forward_backward_peak_bytes'])} vs "
+                  f"optimizer step {fmt_bytes(v['optimizer_step_peak_bytes'])} (live tensors); "
+                  + ", ".join(f"{n}={fmt_bytes(b)}" for n, b in rep.memory_lines if b),
+                  v["total_memory_bytes"],
+                  "book 2.5.2; ZeRO sec. 3; activations are freed before the optimizer step runs"))
     return out
 
 

@@ -28,6 +28,9 @@ on that claim, it verifies it per model:
   ``_train_profile`` / ``_model_profile`` at several batches (a mismatch --
   say the engine's arithmetic changed -- and it runs those functions on the
   affine ops instead).
+* The backward pass's working set is a max over ops, not a sum: the plan keeps
+  the per-op columns of ``engine._bwd_records`` as affine functions and the
+  engine's own ``_bwd_scan`` runs on their values at b (``_bwd_at``).
 
 Results are identical to a fresh build (tests/test_fastpath.py compares every
 report value and op row). In a sweep (``r.cache``) a plan is made once a
@@ -327,9 +330,9 @@ class Plan:
             got[b] = (ops, E.cost_ops(None, hw, p, ops), full.samples[b])
         P1 = E._train_profile(r, got[1][1], p)
         F1 = E._model_profile(got[1][2], self.flash)
-        self.P_const = {k: P1[k] for k in ("params", "max_unit_params", "tied_params")}
+        self.P_const = {k: P1[k] for k in ("params", "max_unit_params", "tied_params", "max_tensor")}
         self.F_params, self.F_ops, self.F_opt = F1["params"], F1["ops"], {}
-        if not self._compile_loop(r, p) or not self._compile_sums(r, p, got):
+        if not self._compile_loop(r, p) or not self._compile_sums(r, p, got) or not self._compile_bwd(r, p, got):
             return
         # verify against the engine: b = 1, 2, the largest batch whose sums are all affine, the
         # next one, and the largest exact batch (the family checked the ops themselves at b = 3)
@@ -442,6 +445,34 @@ class Plan:
             self.inp = f[:2]
         self.blim1 = min(self.blim, *(x[2] for x in flat))
         return True
+
+    def _compile_bwd(self, r, p, got) -> bool:
+        """``engine._bwd_records`` as affine functions of the batch: its columns (saved,
+        seq x seq, block-input and gradient bytes of each op) per op, the rest the same
+        at every b; the engine's ``_bwd_scan`` then runs on the columns of any b."""
+        (s1, c1, t1), (s2, c2, t2) = (E._bwd_records(r, got[b][1], p) for b in (1, 2))
+        if not same(s1, s2) or not same(t1, t2):
+            return False
+        cols = []
+        for x, y in zip(c1, c2):
+            col = []
+            for v1, v2 in zip(x, y):
+                f = _affine(v1, v2)
+                if f is None:
+                    return False
+                col.append(f)
+            if all(c == 0 and d == 1 for _, c, d in col):      # the same at every b: the engine's own values
+                cols.append((None, list(x), col))
+            else:
+                cols.append((all(d == 1 for _, _, d in col), [(a, c) for a, c, _ in col], col))
+        self.bwd_static, self.bwd_cols, self.bwd_table = s1, cols, t1
+        return True
+
+    def _bwd_at(self, b: int) -> tuple:
+        """``engine._bwd_records``' columns at batch b (the values ``Family.ops_at`` gives the ops)."""
+        return tuple(ac if plain is None else [a + c * b for a, c in ac] if plain else
+                     [a + c * b if d == 1 else (a + c * b) / d for a, c, d in col]
+                     for plain, ac, col in self.bwd_cols)
 
     def _compile_loop(self, r, p) -> bool:
         """Per-op records of the roofline loop (cost_ops and the time sums of
@@ -637,6 +668,9 @@ class Plan:
         i += 3 * nb
         P["max_unit_params"] = self.P_const["max_unit_params"]
         P["tied_params"] = self.P_const["tied_params"]
+        P["max_tensor"] = self.P_const["max_tensor"].copy()
+        P["bwd_static"], P["bwd_cols"], P["bwd_table"] = self.bwd_static, self._bwd_at(bi), self.bwd_table
+        P["bwd_tp"], P["bwd_memo"] = self.tp, {}
         F = {"fwd": v[i], "bwd": v[i + 1], "mm": v[i + 2], "bmm": v[i + 3], "flash_mm": v[i + 4],
              "rec_full": v[i + 5], "rec_full_mm": v[i + 6], "rec_sel": v[i + 7], "rec_sel_mm": v[i + 8],
              "params": self.F_params,

@@ -8,7 +8,15 @@ reproduces exactly (``architectures[0]``; without it, the bare ``*Model``):
     distilbert  DistilBertModel, DistilBertForMaskedLM
     gpt2        GPT2Model, GPT2LMHeadModel
     gpt_neox    GPTNeoXModel, GPTNeoXForCausalLM
-    llama, mistral, qwen2   *Model, *ForCausalLM
+    llama, mistral, qwen2, gemma   *Model, *ForCausalLM
+    opt         OPTModel, OPTForCausalLM (incl. OPT-350m's project_in/out, post-norm)
+    gptj        GPTJModel, GPTJForCausalLM
+    codegen     CodeGenModel, CodeGenForCausalLM
+    gpt_neo     GPTNeoModel, GPTNeoForCausalLM
+    falcon      FalconModel, FalconForCausalLM (multi-query, new_decoder_architecture, ALiBi)
+    phi         PhiModel, PhiForCausalLM
+    stablelm    StableLmModel, StableLmForCausalLM
+    bloom       BloomModel, BloomForCausalLM
     t5          T5Model, T5ForConditionalGeneration, T5EncoderModel
     bart        BartModel, BartForConditionalGeneration
     vit         ViTModel, ViTForImageClassification
@@ -16,11 +24,18 @@ reproduces exactly (``architectures[0]``; without it, the bare ``*Model``):
 Each mapping follows the module layout of the transformers implementation
 (``modeling_<family>.py``); tests/test_hf.py checks every count against
 ``sum(p.numel() for p in model.parameters())`` recorded in
-tests/data/reference_params.json (transformers 5.24.0, meta-device builds).
+tests/data/reference_params.json and tests/data/hf_configs/extra/extra_params.json
+(transformers 5.24.0, meta-device builds), and forward matmul FLOPs against
+torch's FlopCounterMode (tests/data/hf_configs/extra/hf_flops.json).
+
+Mixture-of-experts families (Mixtral, Qwen2-MoE, ...) and MoE fields in a
+dense family are refused: the schema has no expert layers, and a dense
+estimate would be wrong by the expert count.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Callable
 
@@ -257,10 +272,13 @@ def _neox(c: _Cfg) -> dict:
 
 
 def _llama_like(c: _Cfg, family: str) -> dict:
-    """Llama / Mistral / Qwen2 (modeling_llama.py and descendants): RMSNorm,
-    rotary, SwiGLU MLP, GQA via num_key_value_heads. Biases: Llama
-    attention_bias on q, k, v and o; Qwen2 on q, k, v only; mlp_bias on the MLP."""
-    prefix = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[family]
+    """Llama / Mistral / Qwen2 / Gemma (modeling_llama.py and descendants):
+    RMSNorm, rotary, SwiGLU MLP, GQA via num_key_value_heads. Biases: Llama
+    attention_bias on q, k, v and o; Qwen2 on q, k, v only; mlp_bias on the MLP.
+    Gemma (modeling_gemma.py): GeGLU (tanh GELU; its legacy "gelu" means that
+    too), embeddings scaled by sqrt(hidden_size), RMSNorm weight applied as
+    (1 + w) (same parameter count), LM head tied by default."""
+    prefix = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gemma": "Gemma"}[family]
     cls, head = _arch(c, family, {f"{prefix}Model": {}, f"{prefix}ForCausalLM": dict(lm=True)})
     d = c.need("hidden_size")
     heads = c.need("num_attention_heads")
@@ -269,18 +287,20 @@ def _llama_like(c: _Cfg, family: str) -> dict:
         qkv, out = True, False
     else:
         qkv = out = c.get("attention_bias", default=False, kind=bool)
-    act = c.get("hidden_act", kind=str) or "silu"
+    act = c.get("hidden_act", "hidden_activation", kind=str) or ("gelu_pytorch_tanh" if family == "gemma" else "silu")
     if act not in ("silu", "swish", "gelu", "gelu_pytorch_tanh"):
         raise c.err("hidden_act", f"activation {act!r} is not supported (expected silu or gelu)")
     spec = dict(
         arch="transformer", structure="decoder", layers=c.need("num_hidden_layers"), d_model=d, heads=heads,
         kv_heads=c.get("num_key_value_heads", kind=(int,)) or heads, d_ff=c.need("intermediate_size"),
         vocab_size=c.need("vocab_size"), max_positions=pos, default_seq=_decoder_seq(pos), position="rotary",
-        rotary_fraction=c.flt("partial_rotary_factor", default=1.0), norm="rmsnorm", norm_bias=False,
+        rotary_fraction=_rotary_fraction(c), norm="rmsnorm", norm_bias=False,
         norm_position="pre", final_norm=True, activation="swiglu" if act in ("silu", "swish") else "geglu",
         biases=dict(qkv=qkv, attn_out=out, ffn=c.get("mlp_bias", default=False, kind=bool), lm_head=False),
-        tied_embeddings=c.get("tie_word_embeddings", default=False, kind=bool), lm_head=bool(head.get("lm")),
-        dropout=_dropout(c, "attention_dropout"))
+        tied_embeddings=c.get("tie_word_embeddings", default=family == "gemma", kind=bool),
+        lm_head=bool(head.get("lm")), dropout=_dropout(c, "attention_dropout"))
+    if family == "gemma":
+        spec["embed_scale"] = True
     hd = c.get("head_dim", kind=(int,))
     if hd and hd != d // heads:
         spec["d_head"] = hd
@@ -359,6 +379,248 @@ def _vit(c: _Cfg) -> dict:
         dropout=_dropout(c, "hidden_dropout_prob")), cls)
 
 
+def _rotary_fraction(c: _Cfg, default: float = 1.0) -> float:
+    """partial_rotary_factor, top level (hub configs) or inside rope_parameters
+    (transformers 5 configs)."""
+    rp = c.d.get("rope_parameters")
+    if isinstance(rp, dict) and rp.get("partial_rotary_factor") is not None:
+        v = rp["partial_rotary_factor"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise c.err("rope_parameters", f"partial_rotary_factor: expected a number in (0, 1] (got {v!r})")
+        return float(v)
+    v = c.flt("partial_rotary_factor", default=default)
+    if not 0 < v <= 1:
+        raise c.err("partial_rotary_factor", f"expected a number in (0, 1] (got {v!r})")
+    return v
+
+
+def _rotary_dims_fraction(c: _Cfg, field: str, head_dim: int) -> float:
+    """GPT-J / CodeGen rotary_dim (dims per head) as a fraction of head_dim
+    such that int(head_dim * fraction) gives rotary_dim back exactly."""
+    rd = c.get(field, kind=(int,))
+    if rd is None or rd >= head_dim:
+        return 1.0
+    f = rd / head_dim
+    while int(head_dim * f) < rd:
+        f = math.nextafter(f, 1.0)
+    return f
+
+
+def _reject_qk_norm(c: _Cfg) -> None:
+    if c.get("qk_layernorm", default=False, kind=bool):
+        raise c.err("qk_layernorm", "qk_layernorm (a LayerNorm on queries and keys) is not modelled "
+                                    "(expected false)")
+
+
+def _opt(c: _Cfg) -> dict:
+    """OPT (modeling_opt.py; Zhang et al. 2022): learned positions with an
+    offset of 2 rows, ReLU MLP, biases everywhere (enable_bias) but the LM
+    head, pre-norm with a final LayerNorm (do_layer_norm_before) or post-norm
+    without one (OPT-350m), LM head tied to embed_tokens. word_embed_proj_dim
+    != hidden_size (OPT-350m): the token table is that wide, project_in and
+    project_out (no bias) convert."""
+    cls, head = _arch(c, "opt", {"OPTModel": {}, "OPTForCausalLM": dict(lm=True)})
+    d = c.need("hidden_size")
+    pos = c.need("max_position_embeddings")
+    if not c.get("layer_norm_elementwise_affine", default=True, kind=bool):
+        raise c.err("layer_norm_elementwise_affine", "LayerNorms without weights are not modelled (expected true)")
+    pre = c.get("do_layer_norm_before", default=True, kind=bool)
+    bias = c.get("enable_bias", default=True, kind=bool)
+    spec = dict(
+        arch="transformer", structure="decoder", layers=c.need("num_hidden_layers"), d_model=d,
+        heads=c.need("num_attention_heads"), d_ff=c.need("ffn_dim"), vocab_size=c.need("vocab_size"),
+        max_positions=pos, position_offset=2, default_seq=_decoder_seq(pos), position="learned", norm="layernorm",
+        norm_position="pre" if pre else "post",
+        final_norm=pre and not c.get("_remove_final_layer_norm", default=False, kind=bool),
+        activation=_act(c, "activation_function", default="relu"),
+        biases=dict(qkv=bias, attn_out=bias, ffn=bias, lm_head=False),
+        tied_embeddings=c.get("tie_word_embeddings", default=True, kind=bool), lm_head=bool(head.get("lm")),
+        dropout=_dropout(c, "dropout"))
+    e = c.get("word_embed_proj_dim", kind=(int,)) or d
+    if e != d:
+        spec["embed_dim"] = e
+    return _with_ref(spec, cls)
+
+
+def _gptj(c: _Cfg, family: str) -> dict:
+    """GPT-J (modeling_gptj.py) and CodeGen (modeling_codegen.py, the same
+    layout with a fused qkv_proj of the same size): one LayerNorm ln_1 read
+    by attention and MLP in parallel (x + attn(ln(x)) + mlp(ln(x))), rotary
+    on rotary_dim dims of each head, no attention biases, MLP with biases,
+    final LayerNorm, LM head with bias (untied unless tie_word_embeddings)."""
+    prefix = {"gptj": "GPTJ", "codegen": "CodeGen"}[family]
+    cls, head = _arch(c, family, {f"{prefix}Model": {}, f"{prefix}ForCausalLM": dict(lm=True)})
+    d = c.need("n_embd", "hidden_size")
+    heads = c.need("n_head", "num_attention_heads")
+    pos = c.need("n_positions", "max_position_embeddings")
+    lm = bool(head.get("lm"))
+    if d % heads:
+        raise c.err("n_head", f"{heads} heads do not divide n_embd {d} (expected a divisor of {d})")
+    return _with_ref(dict(
+        arch="transformer", structure="decoder", layers=c.need("n_layer", "num_hidden_layers"), d_model=d,
+        heads=heads, d_ff=c.get("n_inner", kind=(int,)) or 4 * d, vocab_size=c.need("vocab_size"),
+        max_positions=pos, default_seq=_decoder_seq(pos), position="rotary",
+        rotary_fraction=_rotary_dims_fraction(c, "rotary_dim", d // heads), parallel_residual=True,
+        shared_norm=True, norm="layernorm", norm_position="pre", final_norm=True,
+        activation=_act(c, "activation_function", default="gelu_new"),
+        biases=dict(qkv=False, attn_out=False, ffn=True, lm_head=lm),
+        tied_embeddings=c.get("tie_word_embeddings", default=False, kind=bool), lm_head=lm,
+        dropout=_dropout(c, "resid_pdrop")), cls)
+
+
+def _gpt_neo(c: _Cfg) -> dict:
+    """GPT-Neo (modeling_gpt_neo.py): GPT-2 layout with learned positions,
+    q/k/v without bias, out_proj with bias, unscaled attention scores, and
+    alternating global / local (window_size) attention layers. HF computes a
+    local layer as full causal attention under a banded mask, so parameters
+    and FLOPs are those of full attention."""
+    cls, head = _arch(c, "gpt_neo", {"GPTNeoModel": {}, "GPTNeoForCausalLM": dict(lm=True)})
+    d = c.need("hidden_size")
+    pos = c.need("max_position_embeddings")
+    spec = dict(
+        arch="transformer", structure="decoder", layers=c.need("num_layers", "num_hidden_layers"), d_model=d,
+        heads=c.need("num_heads", "num_attention_heads"), d_ff=c.get("intermediate_size", kind=(int,)) or 4 * d,
+        vocab_size=c.need("vocab_size"), max_positions=pos, default_seq=_decoder_seq(pos), position="learned",
+        norm="layernorm", norm_position="pre", final_norm=True,
+        activation=_act(c, "activation_function", default="gelu_new"),
+        biases=dict(qkv=False, attn_out=True, ffn=True, lm_head=False),
+        tied_embeddings=c.get("tie_word_embeddings", default=True, kind=bool), lm_head=bool(head.get("lm")),
+        dropout=_dropout(c, "resid_dropout"))
+    window = c.get("window_size", kind=(int,))
+    if window and window < pos:
+        spec["notes"] = (f"local attention layers (window_size {window}) run as full causal attention under a "
+                         f"banded mask, as Hugging Face computes them: FLOPs of full attention")
+    return _with_ref(spec, cls)
+
+
+def _falcon(c: _Cfg) -> dict:
+    """Falcon (modeling_falcon.py): fused query_key_value (multi_query: one
+    K/V head; new_decoder_architecture: num_kv_heads), rotary or ALiBi,
+    biases on every linear or none (bias), parallel attention with one shared
+    input_layernorm (7B) or two (ln_attn/ln_mlp: new_decoder_architecture,
+    40B/180B), or sequential with two LayerNorms (parallel_attn false),
+    final LayerNorm, LM head tied to word_embeddings."""
+    cls, head = _arch(c, "falcon", {"FalconModel": {}, "FalconForCausalLM": dict(lm=True)})
+    d = c.need("hidden_size")
+    heads = c.need("num_attention_heads", "n_head")
+    new = c.get("new_decoder_architecture", default=False, kind=bool)
+    parallel = c.get("parallel_attn", default=True, kind=bool)
+    n_ln = c.get("num_ln_in_parallel_attn", kind=(int,))
+    if new:
+        kv = c.get("num_kv_heads", kind=(int,)) or heads
+        if not parallel:
+            raise c.err("parallel_attn", "new_decoder_architecture without parallel_attn does not run in "
+                                         "transformers (expected true)")
+        n_ln = n_ln or 2
+    else:
+        kv = 1 if c.get("multi_query", default=True, kind=bool) else heads
+        if parallel and n_ln == 2:
+            raise c.err("num_ln_in_parallel_attn", "2 LayerNorms need new_decoder_architecture (expected 1)")
+        n_ln = 1
+    if n_ln not in (1, 2):
+        raise c.err("num_ln_in_parallel_attn", f"expected 1 or 2 (got {n_ln})")
+    if c.get("apply_residual_connection_post_layernorm", default=False, kind=bool):
+        raise c.err("apply_residual_connection_post_layernorm", "not modelled (expected false)")
+    alibi = c.get("alibi", default=False, kind=bool)
+    bias = c.get("bias", default=False, kind=bool)
+    pos = c.get("max_position_embeddings", default=2048, kind=(int,))
+    return _with_ref(dict(
+        arch="transformer", structure="decoder", layers=c.need("num_hidden_layers", "n_layer"), d_model=d,
+        heads=heads, kv_heads=kv, d_ff=c.get("ffn_hidden_size", kind=(int,)) or 4 * d,
+        vocab_size=c.need("vocab_size"), max_positions=pos, default_seq=_decoder_seq(pos),
+        position="alibi" if alibi else "rotary", parallel_residual=parallel,
+        shared_norm=parallel and n_ln == 1, norm="layernorm", norm_position="pre", final_norm=True,
+        activation=_act(c, "activation", default="gelu"),
+        biases=dict(qkv=bias, attn_out=bias, ffn=bias, lm_head=False),
+        tied_embeddings=c.get("tie_word_embeddings", default=True, kind=bool), lm_head=bool(head.get("lm")),
+        dropout=_dropout(c, "hidden_dropout")), cls)
+
+
+def _phi(c: _Cfg) -> dict:
+    """Phi-1/1.5/2 (modeling_phi.py): one input_layernorm read by attention
+    and MLP in parallel, partial rotary (partial_rotary_factor), biases on
+    q/k/v/dense and the MLP, final LayerNorm, LM head with bias, untied."""
+    cls, head = _arch(c, "phi", {"PhiModel": {}, "PhiForCausalLM": dict(lm=True)})
+    _reject_qk_norm(c)
+    d = c.need("hidden_size")
+    heads = c.need("num_attention_heads")
+    pos = c.need("max_position_embeddings")
+    lm = bool(head.get("lm"))
+    spec = dict(
+        arch="transformer", structure="decoder", layers=c.need("num_hidden_layers"), d_model=d, heads=heads,
+        kv_heads=c.get("num_key_value_heads", kind=(int,)) or heads, d_ff=c.need("intermediate_size"),
+        vocab_size=c.need("vocab_size"), max_positions=pos, default_seq=_decoder_seq(pos), position="rotary",
+        rotary_fraction=_rotary_fraction(c, default=0.5), parallel_residual=True, shared_norm=True,
+        norm="layernorm", norm_position="pre", final_norm=True, activation=_act(c, "hidden_act", default="gelu_new"),
+        biases=dict(qkv=True, attn_out=True, ffn=True, lm_head=lm),
+        tied_embeddings=c.get("tie_word_embeddings", default=False, kind=bool), lm_head=lm,
+        dropout=_dropout(c, "resid_pdrop"))
+    hd = c.get("head_dim", kind=(int,))
+    if hd and hd != d // heads:
+        spec["d_head"] = hd
+    return _with_ref(spec, cls)
+
+
+def _stablelm(c: _Cfg) -> dict:
+    """StableLM (modeling_stablelm.py): Llama layout (SwiGLU without biases,
+    o_proj without bias) with LayerNorms that have a bias, partial rotary,
+    use_qkv_bias on q/k/v, and with use_parallel_residual one shared
+    input_layernorm: x + attn(ln(x)) + mlp(ln(x))."""
+    cls, head = _arch(c, "stablelm", {"StableLmModel": {}, "StableLmForCausalLM": dict(lm=True)})
+    _reject_qk_norm(c)
+    heads = c.need("num_attention_heads")
+    pos = c.need("max_position_embeddings")
+    act = c.get("hidden_act", kind=str) or "silu"
+    if act not in ("silu", "swish"):
+        raise c.err("hidden_act", f"activation {act!r} is not supported (expected silu)")
+    parallel = c.get("use_parallel_residual", default=False, kind=bool)
+    return _with_ref(dict(
+        arch="transformer", structure="decoder", layers=c.need("num_hidden_layers"), d_model=c.need("hidden_size"),
+        heads=heads, kv_heads=c.get("num_key_value_heads", kind=(int,)) or heads, d_ff=c.need("intermediate_size"),
+        vocab_size=c.need("vocab_size"), max_positions=pos, default_seq=_decoder_seq(pos), position="rotary",
+        rotary_fraction=_rotary_fraction(c, default=0.25), parallel_residual=parallel,
+        shared_norm=parallel, norm="layernorm", norm_position="pre", final_norm=True, activation="swiglu",
+        biases=dict(qkv=c.get("use_qkv_bias", default=False, kind=bool), attn_out=False, ffn=False, lm_head=False),
+        tied_embeddings=c.get("tie_word_embeddings", default=False, kind=bool), lm_head=bool(head.get("lm")),
+        dropout=_dropout(c, "hidden_dropout")), cls)
+
+
+def _bloom(c: _Cfg) -> dict:
+    """BLOOM (modeling_bloom.py; BigScience 2022): ALiBi instead of position
+    embeddings (no parameters; Press et al. 2022), word_embeddings_layernorm,
+    fused query_key_value and all linears with bias, MLP 4*hidden with the
+    tanh GELU, pre-norm, final LayerNorm, LM head tied. BLOOM has no position
+    limit of its own: max_positions is the 2048-token training context."""
+    cls, head = _arch(c, "bloom", {"BloomModel": {}, "BloomForCausalLM": dict(lm=True)})
+    if c.get("apply_residual_connection_post_layernorm", default=False, kind=bool):
+        raise c.err("apply_residual_connection_post_layernorm", "not modelled (expected false)")
+    d = c.need("hidden_size", "n_embed")
+    pos = c.get("seq_length", default=2048, kind=(int,))
+    return _with_ref(dict(
+        arch="transformer", structure="decoder", layers=c.need("n_layer", "num_hidden_layers"), d_model=d,
+        heads=c.need("n_head", "num_attention_heads"), d_ff=4 * d, vocab_size=c.need("vocab_size"),
+        max_positions=pos, default_seq=_decoder_seq(pos), position="alibi", embedding_norm=True,
+        norm="layernorm", norm_position="pre", final_norm=True, activation="gelu_new",
+        biases=dict(qkv=True, attn_out=True, ffn=True, lm_head=False),
+        tied_embeddings=c.get("tie_word_embeddings", default=True, kind=bool), lm_head=bool(head.get("lm")),
+        dropout=_dropout(c, "hidden_dropout")), cls)
+
+
+# Mixture-of-experts families: refused with the missing feature named.
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "dbrx", "olmoe", "jamba",
+                "jetmoe", "granitemoe", "phimoe", "switch_transformers", "nllb_moe", "gpt_oss", "llama4")
+MOE_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
+
+
+def _reject_moe(c: _Cfg, mt: str) -> None:
+    hit = next((f for f in MOE_FIELDS[:-1] if isinstance(c.d.get(f), int) and not isinstance(c.d.get(f), bool)
+                and c.d[f] > 1), None)   # an expert count; num_experts_per_tok alone does not make a dense model MoE
+    if mt in MOE_FAMILIES or hit:
+        what = ", ".join(f"{f} {c.d[f]}" for f in MOE_FIELDS if isinstance(c.d.get(f), int)) or "expert layers"
+        raise c.err(hit or "model_type", f"model_type {mt!r} is not supported: mixture-of-experts layers ({what}) "
+                                         f"are not modelled, and a dense estimate would be wrong by the expert count")
+
+
 FAMILIES: dict[str, Callable[[_Cfg], dict]] = {
     "bert": lambda c: _bert_like(c, "bert"),
     "roberta": lambda c: _bert_like(c, "roberta"),
@@ -368,6 +630,15 @@ FAMILIES: dict[str, Callable[[_Cfg], dict]] = {
     "llama": lambda c: _llama_like(c, "llama"),
     "mistral": lambda c: _llama_like(c, "mistral"),
     "qwen2": lambda c: _llama_like(c, "qwen2"),
+    "gemma": lambda c: _llama_like(c, "gemma"),
+    "opt": _opt,
+    "gptj": lambda c: _gptj(c, "gptj"),
+    "codegen": lambda c: _gptj(c, "codegen"),
+    "gpt_neo": _gpt_neo,
+    "falcon": _falcon,
+    "phi": _phi,
+    "stablelm": _stablelm,
+    "bloom": _bloom,
     "t5": _t5,
     "bart": _bart,
     "vit": _vit,
@@ -385,6 +656,7 @@ def hf_to_dict(path: str) -> dict:
     mt = c.d.get("model_type")
     if not isinstance(mt, str):
         raise c.err("model_type", f"missing field 'model_type' (expected one of: {', '.join(FAMILIES)})")
+    _reject_moe(c, mt)
     if mt not in FAMILIES:
         raise c.err("model_type", f"model_type {mt!r} is not supported{suggest(mt, FAMILIES)} "
                                   f"(expected one of: {', '.join(FAMILIES)})")

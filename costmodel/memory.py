@@ -93,3 +93,98 @@ def state_dtypes(precision: str, master_weights: bool, fp32_grads: bool) -> dict
     if master_weights:
         return dict(weight=2, grad=4 if fp32_grads else 2, master=4, state=4)
     return dict(weight=2, grad=2, master=0, state=2)
+
+
+# --- transient memory of a training step ---------------------------------------------
+def backward_bytes(o, act_bytes: int, k: int = 1) -> tuple[float, float]:
+    """What one op's backward allocates while it runs, by PyTorch autograd
+    semantics (torch/csrc/autograd/engine.cpp: a node's output gradient lives
+    until the node has run; its input gradients are new tensors handed to the
+    next nodes; saved tensors are freed after their node's backward):
+    ``(gradient bytes, weight-gradient elements)``.
+
+    Gradient bytes (scale with the batch): the gradient of the op's output
+    (grad-out) + the gradients of its inputs (grad-in) + named temporaries,
+    at the activation dtype unless stated:
+
+    * linear: tokens x d_out + tokens x d_in (no grad-in for data input);
+      conv2d: N C_out H_out W_out + N C_in H W; bmm: (m x n) + (m x k) + (k x n)
+      per batch; rnn: batch seq (hidden dirs + d_in);
+    * flash attention (FlashAttention-2 ``mha_bwd``, csrc/flash_attn/flash_api.cpp,
+      vendored in ATen): dO, dQ, dK, dV (dK, dV at ``heads``: the kernel writes
+      expanded copies for GQA), plus its fp32 ``dq_accum`` (b, q, h, d) and
+      ``softmax_d`` (b, h, q);
+    * one-input elementwise ops, norms, softmax, pooling: grad-out + grad-in of
+      the same shapes (= the forward's bytes for softmax and pooling); GLU: grad-out
+      + the two input gradients; residual add: its grad-out only (passed to both
+      inputs, no new tensor); embedding: grad-out;
+    * cross entropy (log-softmax + NLL over fp32 logits, the HF loss):
+      ``nll_loss_backward`` writes a dense fp32 rows x vocab gradient (zeros with
+      -1/N at the targets) and ``log_softmax_backward`` a second one from it:
+      2 x rows x vocab x 4 bytes. In 16-bit training the cast of that gradient
+      for the LM head (rows x vocab x 2) comes after the log-softmax's saved fp32
+      output is freed, so this moment is the larger one.
+
+    ``k``: the op's vocabulary-parallel divisor (Megatron: LM head and loss
+    split over the tensor-parallel group). Weight-gradient elements: the op's
+    parameters -- a new tensor of the parameter's size per backward
+    (``embedding_dense_backward`` makes a dense table), which becomes ``.grad``
+    when there is none and is a temporary added into ``.grad`` otherwise
+    (``AccumulateGrad``, torch/csrc/autograd/functions/accumulate_grad.h).
+    """
+    a, d, kind = act_bytes, o.dims, o.kind
+    if kind == "linear":
+        din = d["tokens"] * d["d_in"] * a if o.bwd_matmul_flops > o.matmul_flops else 0
+        g = (d["tokens"] * d["d_out"] * a + k * din) / k      # one rounding (costmodel/fastpath.py)
+    elif kind == "bmm":
+        g = d["batch"] * (d["m"] * d["n"] + d["m"] * d["k"] + d["k"] * d["n"]) * a
+    elif kind == "flash_attention":
+        bh = d["batch"] * d["heads"]
+        q, kv = bh * d["q_len"] * d["d_head"], bh * d["kv_len"] * d["d_head"]
+        g = (2 * q + 2 * kv) * a + q * 4 + bh * d["q_len"] * 4
+    elif kind == "conv2d":
+        din = d["n"] * d["c_in"] * d["h"] * d["w"] * a if o.bwd_matmul_flops > o.matmul_flops else 0
+        g = d["n"] * d["c_out"] * d["h_out"] * d["w_out"] * a + din
+    elif kind == "rnn":
+        g = d["batch"] * d["seq"] * (d["hidden"] * d["directions"] + d["d_in"]) * a
+    elif kind in ("activation", "dropout", "scale", "rotary"):
+        g = 2 * d["elements"] * a
+    elif kind == "glu":
+        g = 3 * d["elements"] * a
+    elif kind == "add":
+        g = d["elements"] * a
+    elif kind == "norm":
+        g = 2 * d["rows"] * d["dim"] * a
+    elif kind == "batchnorm":
+        g = 2 * d["n"] * d["channels"] * d["hw"] * a
+    elif kind in ("softmax", "pool"):
+        g = o.fwd_bytes            # input + output: the shapes of grad-in + grad-out
+    elif kind == "embedding":
+        g = d["tokens"] * d["dim"] * a
+    elif kind == "cross_entropy":
+        g = 2 * d["rows"] * d["vocab"] * 4 / k
+    else:                          # bare parameters: no activation gradient
+        g = 0
+    return g, o.params / k
+
+
+def optimizer_temp_bytes(optimizer: str, impl: str, params: float, max_tensor: float, state_bytes: int) -> float:
+    """Bytes the optimizer step allocates on top of the model states
+    (torch/optim/adam.py, torch 2.13; AdamW is Adam with decoupled decay).
+
+    * single-tensor (``_single_tensor_adam``), per parameter tensor:
+      ``denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` -- the
+      sqrt and the quotient are both alive for a moment: 2 x the largest
+      tensor, in the state dtype; everything else is in place;
+    * foreach (``_multi_tensor_adam``): ``exp_avg_sq_sqrt =
+      torch._foreach_sqrt(device_exp_avg_sqs)`` allocates one list the size of
+      all parameters, then divides and adds in place;
+    * fused (one kernel per tensor list) and SGD (in-place ``mul_``, ``add_``;
+      torch/optim/sgd.py): none.
+    These coexist with the model states but not with activations, which the
+    backward pass has freed before the step."""
+    if optimizer not in ("adam", "adamw") or impl == "fused":
+        return 0.0
+    if impl == "single-tensor":
+        return 2.0 * max_tensor * state_bytes
+    return float(params) * state_bytes

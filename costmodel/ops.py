@@ -239,7 +239,10 @@ def _elementwise(kind, name, p, n, flops_per, bwd_mult, saved, reads=1, writes=1
 
 # FLOPs per element of activation functions (forward); tanh-approximate GELU
 # as in GPT-2 / BERT, and exact erf GELU, cost about the same.
-ACT_FLOPS = {"relu": 1, "gelu": 8, "gelu_new": 8, "silu": 4, "tanh": 4, "sigmoid": 4}
+ACT_FLOPS = {"relu": 1, "gelu": 8, "gelu_new": 8, "silu": 4, "tanh": 4, "sigmoid": 4,
+             # MobileNetV3 (Howard et al. 2019, sec. 5.2): relu6(x) = min(max(x, 0), 6);
+             # hardsigmoid(x) = relu6(x + 3) / 6; hardswish(x) = x * hardsigmoid(x)
+             "relu6": 2, "hardsigmoid": 4, "hardswish": 5}
 
 
 @register("activation")
@@ -384,3 +387,31 @@ def cross_entropy(name, p, *, rows, vocab):
               fwd_bytes=n * p.act_bytes + 2 * n * 4, bwd_bytes=3 * n * 4,
               saved_bytes=n * 4 + rows * INDEX_BYTES + STAT_BYTES, dims=dict(rows=rows, vocab=vocab),
               formula="5*rows*vocab (fp32)")
+
+
+@register("channel_scale")
+def channel_scale(name, p, *, elements, scales, param=False):
+    """y = x * s, s broadcast over the spatial positions: the squeeze-excitation
+    gate (s of shape (N, C, 1, 1), ``scales`` = N*C; Hu et al. 2018 eq. 4) or a
+    ConvNeXt layer scale (a (C, 1, 1) parameter, ``param=True``; Liu et al.
+    2022; Touvron et al. 2021 "LayerScale"). Forward 1 FLOP/element; backward
+    dx = g*s (1) and ds = sum over H*W of g*x (2): 3 FLOPs/element. Saves x
+    (needed for ds) and, when s is an activation, s."""
+    a = p.act_bytes
+    e = elements
+    op = Op("channel_scale", name, "elementwise", fwd_flops=e, bwd_flops=3 * e,
+            fwd_bytes=2 * e * a + scales * (p.weight_bytes if param else a),
+            bwd_bytes=3 * e * a + 2 * scales * (p.weight_bytes if param else a),
+            params=scales if param else 0, param_shapes=((scales, 1, 1),) if param else (),
+            saved_bytes=e * a + (0 if param else scales * a), dims=dict(elements=e, scales=scales),
+            formula="1*elements (broadcast multiply); backward 3*elements")
+    return op
+
+
+@register("concat")
+def concat(name, p, *, elements):
+    """torch.cat along channels (Inception, DenseNet, SqueezeNet Fire): 0 FLOPs,
+    every element read once and written once; backward hands each input a view
+    (narrow) of the output gradient. Saves nothing (cat's backward needs only sizes)."""
+    return Op("concat", name, "elementwise", fwd_bytes=2 * elements * p.act_bytes, bwd_bytes=0.0,
+              dims=dict(elements=elements), formula="copy, 0 FLOPs")

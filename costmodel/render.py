@@ -81,6 +81,12 @@ def headline(rep) -> list[tuple[str, str]]:
     verdict = "fits" if v["fits"] else f"does NOT fit (short by {fmt_bytes(-v['memory_headroom_bytes'])})"
     rows.append(("  total", f"{fmt_bytes_both(v['total_memory_bytes'])} of {fmt_bytes_both(v['memory_capacity_bytes'])}"
                             f" — {verdict}"))
+    if train and v.get("memory_peak_phase"):
+        if v["memory_peak_phase"] == "backward":
+            rows.append(("  peak at", f"backward (optimizer step: {fmt_bytes(v['optimizer_step_peak_bytes'])} live)"))
+        else:
+            rows.append(("  peak at", f"optimizer step (forward/backward: "
+                                      f"{fmt_bytes(v['forward_backward_peak_bytes'])} live)"))
     if train:
         rows.append(("  largest batch that fits", f"{v['max_batch']} (micro-batch {v['max_micro_batch']})"))
     else:

@@ -54,11 +54,19 @@ class TransformerSpec(_Common):
     vocab_size: PositiveInt
     max_positions: PositiveInt
     default_seq: Optional[PositiveInt] = None
-    position: Literal["learned", "sinusoidal", "relative_bias", "rotary", "none"] = "learned"
+    position: Literal["learned", "sinusoidal", "relative_bias", "rotary", "alibi", "none"] = Field(
+        "learned", description="alibi: a fixed per-head linear bias on the attention scores, no parameters "
+                               "(Press et al. 2022; BLOOM, Falcon-RW)")
     position_offset: int = Field(0, ge=0, description="extra rows in the learned position table (BART: 2)")
     relative_buckets: PositiveInt = 32
     token_types: int = Field(0, ge=0, description="segment embeddings (BERT: 2)")
-    embedding_norm: bool = Field(False, description="LayerNorm right after the embeddings (BERT, BART)")
+    embedding_norm: bool = Field(False, description="LayerNorm right after the embeddings (BERT, BART, BLOOM)")
+    embed_scale: bool = Field(False, description="token embeddings multiplied by sqrt(d_model) (Gemma; Vaswani "
+                                                 "et al. 2017 sec. 3.4): one elementwise op, no parameters")
+    embed_dim: Optional[PositiveInt] = Field(None, description="token embedding width when it differs from d_model "
+                                                               "(OPT-350m word_embed_proj_dim): project_in (e -> d) "
+                                                               "after the lookup, project_out (d -> e) after the "
+                                                               "stack, both without bias; a tied LM head is e wide")
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_bias: bool = True
     norm_position: Literal["pre", "post"] = "pre"
@@ -70,7 +78,10 @@ class TransformerSpec(_Common):
     lm_head_transform: bool = Field(False, description="MLM head (BERT/RoBERTa/DistilBERT *ForMaskedLM): dense "
                                                        "d x d + activation + norm before the vocabulary projection")
     parallel_residual: bool = Field(False, description="attention and FFN read the same layer input and both add "
-                                                       "to it: x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX)")
+                                                       "to it: x + attn(norm1(x)) + ffn(norm2(x)) (GPT-NeoX)")
+    shared_norm: bool = Field(False, description="parallel residual with one norm read by both branches: "
+                                                 "x + attn(norm(x)) + ffn(norm(x)) (GPT-J, CodeGen, Phi, Falcon-7B, "
+                                                 "StableLM); needs parallel_residual")
     rotary_fraction: float = Field(1.0, gt=0, le=1, description="fraction of each head's dims that get rotary "
                                                                "embeddings (GPT-NeoX rotary_pct: 0.25)")
     pooler: bool = Field(False, description="BERT pooler: dense + tanh on the first token")
@@ -90,6 +101,12 @@ class TransformerSpec(_Common):
                              f"(expected one of {_divisors(self.heads)})")
         if self.structure == "encoder-decoder" and self.decoder_layers is None:
             object.__setattr__(self, "decoder_layers", self.layers)
+        if self.shared_norm and not (self.parallel_residual and self.norm_position == "pre"):
+            raise ValueError("shared_norm needs parallel_residual: true and norm_position: pre")
+        if self.embed_dim is not None and self.embed_dim != self.d_model and (
+                self.structure != "decoder" or self.lm_head_transform or self.pooler or self.num_classes):
+            raise ValueError("embed_dim (OPT-350m) is supported for decoder-only models without pooler, "
+                             "classifier or MLM transform")
         del dh
         return self
 
@@ -100,6 +117,11 @@ class TransformerSpec(_Common):
     @property
     def n_kv_heads(self) -> int:
         return self.kv_heads or self.heads
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the token embedding table (and of a tied LM head's input)."""
+        return self.embed_dim or self.d_model
 
     @property
     def seq_default(self) -> int:
@@ -134,13 +156,29 @@ class ViTSpec(_Common):
 
 
 # --- CNN: a list of layers -------------------------------------------------
+# Channels, height and width flow from layer to layer (a conv gives only its
+# output channels); the composite layers below (residual, se, concat) hold
+# ordinary layer lists, nested, so one vocabulary covers the torchvision
+# families: ResNet/RegNet (residual + projection shortcut, grouped convs, SE),
+# MobileNetV2/V3 and EfficientNet (depthwise conv = groups equal to channels,
+# relu6 / hardswish / silu, SE with a sigmoid or hardsigmoid gate), ConvNeXt
+# (depthwise 7x7, layernorm2d, 1x1 convs for its channel-last Linear layers --
+# same parameters and FLOPs -- and layer_scale), AlexNet/VGG (plain lists) and
+# Inception / DenseNet / SqueezeNet / ShuffleNet (concat).
+# Not modelled: stochastic depth (torchvision StochasticDepth, "row" mode) has
+# no parameters and no matmul FLOPs -- one multiply by a per-sample (N,1,1,1)
+# mask that saves N values -- so a spec leaves it out (see the model notes).
+ACTIVATIONS = ("relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid")
+ActName = Literal["relu", "relu6", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid"]
+
+
 class Conv(_Strict):
     type: Literal["conv"]
     out: PositiveInt
     kernel: PositiveInt
     stride: PositiveInt = 1
     padding: int = Field(0, ge=0)
-    groups: PositiveInt = 1
+    groups: PositiveInt = Field(1, description="grouped conv; groups = input channels = out is depthwise")
     bias: bool = True
 
 
@@ -148,8 +186,15 @@ class BatchNorm(_Strict):
     type: Literal["bn"]
 
 
+class LayerNorm2d(_Strict):
+    """LayerNorm over the channels at every pixel (torchvision LayerNorm2d,
+    ConvNeXt): weight and bias of C each; an affine LayerNorm of a channels-last
+    tensor is the same op."""
+    type: Literal["layernorm2d"]
+
+
 class Act(_Strict):
-    type: Literal["relu", "gelu", "silu", "tanh", "sigmoid"]
+    type: ActName
 
 
 class Pool(_Strict):
@@ -157,6 +202,7 @@ class Pool(_Strict):
     kernel: PositiveInt
     stride: Optional[PositiveInt] = None
     padding: int = Field(0, ge=0)
+    ceil_mode: bool = Field(False, description="round the output size up (torch ceil_mode; GoogLeNet, SqueezeNet)")
 
 
 class AdaptivePool(_Strict):
@@ -179,6 +225,35 @@ class Dropout(_Strict):
     p: float = Field(0.5, ge=0, lt=1)
 
 
+class LayerScale(_Strict):
+    """Multiply by a learned per-channel (C, 1, 1) parameter (ConvNeXt layer_scale)."""
+    type: Literal["layer_scale"]
+
+
+class SqueezeExcite(_Strict):
+    """torchvision SqueezeExcitation (Hu et al. 2018): global average pool ->
+    1x1 conv (bias) to the squeeze channels -> activation -> 1x1 conv (bias)
+    back -> gate -> multiply the input channel-wise. Squeeze channels:
+    ``reduce_channels``, or ``ratio`` x the SE input channels, rounded (give
+    reduce_channels to match a reference exactly: torchvision's rules differ
+    per family)."""
+    type: Literal["se"]
+    reduce_channels: Optional[PositiveInt] = None
+    ratio: Optional[float] = Field(None, gt=0, le=1)
+    activation: ActName = "relu"
+    gate: Literal["sigmoid", "hardsigmoid"] = "sigmoid"
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.reduce_channels is None) == (self.ratio is None):
+            raise ValueError("reduce_channels or ratio: give exactly one (the squeeze width, or its fraction "
+                             "of the input channels)")
+        return self
+
+    def squeeze(self, channels: int) -> int:
+        return self.reduce_channels or max(1, int(round(self.ratio * channels)))
+
+
 class ResStage(_Strict):
     """A ResNet stage (torchvision semantics): `blocks` residual blocks, the
     first with `stride` and a 1x1 conv + BN downsample when the shape changes."""
@@ -192,8 +267,44 @@ class ResStage(_Strict):
     width_per_group: PositiveInt = 64
 
 
-CNNLayer = Annotated[Union[Conv, BatchNorm, Act, Pool, AdaptivePool, Flatten, Linear, Dropout, ResStage],
+class Residual(_Strict):
+    """out = activation(body(x) + shortcut(x)). ``shortcut`` is a layer list
+    (a projection: 1x1 conv + bn) or absent/empty for the identity; body and
+    shortcut outputs must have the same shape. ``blocks: N`` stacks N blocks:
+    the first as written, the other N-1 identical to it except that every
+    stride is 1 and the shortcut is the identity (the torchvision ResNet /
+    RegNet stage rule) -- built once and counted N-1 times. Write a first
+    block that differs in more than that (MobileNet / EfficientNet expansion
+    widths, RegNet SE widths) as its own layer(s) before the residual."""
+    type: Literal["residual"]
+    body: list["CNNLayer"] = Field(min_length=1)
+    shortcut: list["CNNLayer"] = Field(default_factory=list)
+    activation: Optional[ActName] = Field(None, description="after the add (ResNet, RegNet: relu)")
+    blocks: PositiveInt = 1
+
+
+class Concat(_Strict):
+    """torch.cat of the branches' outputs along the channels. Every branch
+    reads the layer input (``split: true``: an equal slice of its channels,
+    ShuffleNetV2); an empty branch passes its input through (DenseNet).
+    ``blocks: N`` applies the layer N times in a row (a DenseNet dense block)."""
+    type: Literal["concat"]
+    branches: list[list["CNNLayer"]] = Field(min_length=2)
+    split: bool = False
+    blocks: PositiveInt = 1
+
+
+class ChannelShuffle(_Strict):
+    """ShuffleNet channel shuffle: a permutation of the channels, 0 FLOPs."""
+    type: Literal["channel_shuffle"]
+    groups: PositiveInt = 2
+
+
+CNNLayer = Annotated[Union[Conv, BatchNorm, LayerNorm2d, Act, Pool, AdaptivePool, Flatten, Linear, Dropout,
+                           LayerScale, SqueezeExcite, ResStage, Residual, Concat, ChannelShuffle],
                      Field(discriminator="type")]
+Residual.model_rebuild()
+Concat.model_rebuild()
 
 
 class CNNSpec(_Common):

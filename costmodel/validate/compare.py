@@ -19,8 +19,9 @@ the engine on the hardware YAML that describes the measured device:
 fp32 runs are fp32 everywhere; bf16 runs are *pure* bf16 (weights,
 gradients and AdamW states in bf16: ``master_weights=False``). Memory:
 ``total_memory_bytes`` with ``cuda_context_bytes=0`` and
-``allocator_slack=0`` (the measurement counts tensors only); inference:
-weights + the working set of activations.
+``allocator_slack=0`` (the measurement counts tensors only): the peak, model
+states + max(activations + the backward pass's working set, the optimizer
+step's temporaries); inference: weights + the working set of activations.
 
 A CPU run on fewer threads than the YAML's ``cores`` is predicted with the
 compute peaks scaled by threads / cores (``as_run``).

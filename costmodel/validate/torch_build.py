@@ -72,6 +72,9 @@ ACTS = {
     "silu": F.silu,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
+    "relu6": F.relu6,                                      # torchvision MobileNetV2 (nn.ReLU6)
+    "hardswish": F.hardswish,                              # MobileNetV3
+    "hardsigmoid": F.hardsigmoid,                          # MobileNetV3 squeeze-excitation gate
 }
 
 
@@ -190,6 +193,7 @@ class Layer(nn.Module):
         d = spec.d_model
         self.pre = spec.norm_position == "pre"
         self.parallel = spec.parallel_residual and self.pre and not cross
+        self.shared = self.parallel and spec.shared_norm   # GPT-J / Falcon-7B: one norm, both branches
         mk = lambda: Norm(d, spec.norm, spec.norm_bias, eps)  # noqa: E731
         self.attn_norm = mk()
         self.attn = Attention(d, spec.heads, spec.n_kv_heads, spec.head_dim, bias_qkv=spec.biases.qkv,
@@ -201,7 +205,7 @@ class Layer(nn.Module):
             self.cross = Attention(d, spec.heads, spec.heads, spec.head_dim, bias_qkv=spec.biases.qkv,
                                    bias_out=spec.biases.attn_out, p_drop=spec.dropout,
                                    scaled=spec.position != "relative_bias")
-        self.ffn_norm = mk()
+        self.ffn_norm = None if self.shared else mk()
         self.ffn = FFN(d, spec.d_ff, spec.activation, spec.biases.ffn, spec.dropout)
 
     def _sub(self, x, norm, fn):
@@ -215,9 +219,10 @@ class Layer(nn.Module):
         return norm(x)
 
     def forward(self, x, *, mask=None, pos_bias=None, rope=None, enc=None, enc_mask=None):
-        if self.parallel:   # x + attn(norm1(x)) + ffn(norm2(x)) (GPT-J, GPT-NeoX)
-            a = self.attn(self.attn_norm(x), mask=mask, pos_bias=pos_bias, rope=rope)
-            f = self.ffn(self.ffn_norm(x))
+        if self.parallel:   # x + attn(norm1(x)) + ffn(norm2(x)) (GPT-NeoX); shared: norm1 = norm2 (GPT-J)
+            h = self.attn_norm(x)
+            a = self.attn(h, mask=mask, pos_bias=pos_bias, rope=rope)
+            f = self.ffn(h if self.shared else self.ffn_norm(x))
             with op("add"):
                 h = x + a
             with op("add"):
@@ -226,6 +231,19 @@ class Layer(nn.Module):
         if self.cross is not None:
             x = self._sub(x, self.cross_norm, lambda h: self.cross(h, enc, mask=enc_mask))
         return self._sub(x, self.ffn_norm, self.ffn)
+
+
+def alibi_slopes(heads: int):
+    """ALiBi head slopes (Press et al. 2022 sec. 3; HF BLOOM _get_alibi_slopes):
+    2^(-8i/n) for i = 1..n over the closest power of two n <= heads, then
+    every other slope of 2n for the remaining heads."""
+    n = 2 ** math.floor(math.log2(heads))
+    base = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+    slopes = [base ** i for i in range(1, n + 1)]
+    if n != heads:
+        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * n) - 3)))
+        slopes += [extra ** i for i in range(1, 2 * (heads - n), 2)]
+    return torch.tensor(slopes, dtype=torch.float32)
 
 
 def sinusoidal_table(n: int, d: int):
@@ -269,6 +287,9 @@ class Stack(nn.Module):
         self.spec, self.causal = spec, causal
         self.tok = tok
         self.pos = None
+        # OPT-350m: a narrower token table, projected in and out without bias
+        self.project_in = nn.Linear(spec.token_dim, d, bias=False) if spec.token_dim != d else None
+        self.project_out = nn.Linear(d, spec.token_dim, bias=False) if spec.token_dim != d else None
         if spec.position == "learned":
             self.pos = nn.Embedding(spec.max_positions + spec.position_offset, d)
         elif spec.position == "sinusoidal":
@@ -289,6 +310,13 @@ class Stack(nn.Module):
         dev = ids.device
         with op("embedding"):
             x = self.tok(ids)
+        if spec.embed_scale:   # Gemma: * sqrt(d_model), a constant (saves nothing)
+            with op("scale"):
+                x = x * math.sqrt(spec.d_model)
+        if self.project_in is not None:
+            with op("linear"):
+                x = self.project_in(x)
+        with op("embedding"):
             parts = []
             if self.pos is not None:   # position ids (1, s) broadcast over the batch (HF GPT-2/BERT/BART)
                 pid = torch.arange(spec.position_offset, s + spec.position_offset, device=dev)[None]
@@ -315,6 +343,12 @@ class Stack(nn.Module):
                 pos_bias = self.rel(bk).permute(2, 0, 1)[None]
             if mask is not None:
                 pos_bias, mask = pos_bias + mask, None
+        if spec.position == "alibi":   # constants: slope(head) * key position, added to every layer's scores
+            with op("scale"):
+                pos_bias = (alibi_slopes(spec.heads).to(dev)[:, None, None]
+                            * torch.arange(s, device=dev, dtype=torch.float32)[None, None, :])[None].to(x.dtype)
+                if mask is not None:
+                    pos_bias, mask = pos_bias + mask, None
         if self.inv_freq_present():
             with op("rotary"):
                 t = torch.arange(s, device=dev, dtype=torch.float32)
@@ -328,6 +362,9 @@ class Stack(nn.Module):
             x = layer(x, mask=mask, pos_bias=pos_bias, rope=rope, enc=enc, enc_mask=enc_mask)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if self.project_out is not None:
+            with op("linear"):
+                x = self.project_out(x)
         return x
 
     def inv_freq_present(self) -> bool:
@@ -340,7 +377,7 @@ class TransformerModel(nn.Module):
         self.spec = spec
         d = spec.d_model
         causal = spec.causal if spec.causal is not None else spec.structure != "encoder"
-        self.tok = nn.Embedding(spec.vocab_size, d)
+        self.tok = nn.Embedding(spec.vocab_size, spec.token_dim)
         if spec.structure == "encoder":
             self.encoder, self.decoder = Stack(spec, layers=spec.layers, causal=causal, cross=False, tok=self.tok), None
         elif spec.structure == "decoder":
@@ -356,7 +393,7 @@ class TransformerModel(nn.Module):
             self.transform = nn.Linear(d, d)
             self.transform_norm = Norm(d, spec.norm, spec.norm_bias)
         if spec.lm_head:
-            self.lm_head = nn.Linear(d, spec.vocab_size, bias=spec.biases.lm_head)
+            self.lm_head = nn.Linear(spec.token_dim, spec.vocab_size, bias=spec.biases.lm_head)
             if spec.tied_embeddings:
                 self.lm_head.weight = self.tok.weight
 
@@ -512,17 +549,98 @@ class ResBlock(nn.Module):
         return act("relu", h, inplace=True)
 
 
-class CNNModel(nn.Module):
-    """A layer list (build_cnn), torchvision semantics (in-place ReLU)."""
+class SqueezeExcite(nn.Module):
+    """torchvision ops.misc.SqueezeExcitation (build._se)."""
 
-    def __init__(self, spec: CNNSpec):
+    def __init__(self, c, squeeze, activation, gate):
         super().__init__()
+        self.fc1 = nn.Conv2d(c, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, c, 1)
+        self.activation, self.gate = activation, gate
+
+    def forward(self, x):
+        with op("pool"):
+            s = F.adaptive_avg_pool2d(x, 1)      # torch: mean, keeps nothing
+        with op("conv2d"):
+            s = self.fc1(s)
+        s = act(self.activation, s)
+        with op("conv2d"):
+            s = self.fc2(s)
+        s = act(self.gate, s)
+        with op("channel_scale"):
+            return s * x
+
+
+class LayerScale(nn.Module):
+    """ConvNeXt layer_scale: a (C, 1, 1) parameter times x."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((c, 1, 1), 1e-6))
+
+    def forward(self, x):
+        with op("channel_scale"):
+            return self.gamma * x
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """torchvision LayerNorm2d: layer_norm over C of the channels-last view."""
+
+    def forward(self, x):
+        with op("norm"):
+            return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                                self.eps).permute(0, 3, 1, 2)
+
+
+class ResidualBlock(nn.Module):
+    """activation(body(x) + shortcut(x)) (build._residual_block)."""
+
+    def __init__(self, body, shortcut, activation, c, h, w):
+        super().__init__()
+        self.body = CNNSeq(body, c, h, w)
+        self.shortcut = CNNSeq(shortcut, c, h, w) if shortcut else None
+        self.activation = activation
+        self.out = self.body.out
+
+    def forward(self, x):
+        y = self.body(x)
+        s = x if self.shortcut is None else self.shortcut(x)
+        with op("add"):
+            y = y + s
+        return act(self.activation, y, inplace=True) if self.activation else y
+
+
+class ConcatBlock(nn.Module):
+    """torch.cat of the branches along channels (build._concat_block)."""
+
+    def __init__(self, L, c, h, w):
+        super().__init__()
+        nb = len(L.branches)
+        self.split, self.nb = L.split, nb
+        self.branches = nn.ModuleList(CNNSeq(b, c // nb if L.split else c, h, w) for b in L.branches)
+        outs = [b.out for b in self.branches]
+        self.out = (sum(o[0] for o in outs), outs[0][1], outs[0][2], None)
+
+    def forward(self, x):
+        xs = x.chunk(self.nb, dim=1) if self.split else [x] * self.nb
+        ys = [b(xi) for b, xi in zip(self.branches, xs)]
+        with op("concat"):
+            return torch.cat(ys, dim=1)
+
+
+class CNNSeq(nn.Module):
+    """A CNN layer list (build._cnn_layers), torchvision semantics: ReLU in
+    place (never on the list's own input, which a shortcut or another branch
+    may still read), other activations out of place (an in-place ReLU6 /
+    hardswish / SiLU keeps a copy of its input: the same bytes)."""
+
+    def __init__(self, layers, c, h, w, flat=None):
+        super().__init__()
+        from ..build import _stride1, pool_out
         from ..ops import conv_out
-        self.spec = spec
-        c, h, w = spec.channels, spec.image_size, spec.image_size
-        flat = None
+        self.layers = list(layers)
         self.mods = nn.ModuleList()
-        for L in spec.layers:
+        for L in self.layers:
             t = L.type
             m: nn.Module = nn.Identity()
             if t == "resnet_stage":
@@ -533,14 +651,33 @@ class CNNModel(nn.Module):
                     c = blocks[-1].c_out
                     h, w = conv_out(h, 3, s, 1), conv_out(w, 3, s, 1)
                 m = nn.Sequential(*blocks)
+            elif t == "residual":
+                blocks = [ResidualBlock(L.body, L.shortcut, L.activation, c, h, w)]
+                rest = _stride1(L.body)
+                for _ in range(L.blocks - 1):
+                    blocks.append(ResidualBlock(rest, [], L.activation, *blocks[-1].out[:3]))
+                c, h, w, _ = blocks[-1].out
+                m = nn.Sequential(*blocks)
+            elif t == "concat":
+                blocks = []
+                for _ in range(L.blocks):
+                    blocks.append(ConcatBlock(L, c, h, w))
+                    c, h, w, _ = blocks[-1].out
+                m = nn.Sequential(*blocks)
             elif t == "conv":
                 m = nn.Conv2d(c, L.out, L.kernel, L.stride, L.padding, groups=L.groups, bias=L.bias)
                 c, h, w = L.out, conv_out(h, L.kernel, L.stride, L.padding), conv_out(w, L.kernel, L.stride, L.padding)
             elif t == "bn":
                 m = nn.BatchNorm2d(c)
+            elif t == "layernorm2d":
+                m = LayerNorm2d(c)
+            elif t == "layer_scale":
+                m = LayerScale(c)
+            elif t == "se":
+                m = SqueezeExcite(c, L.squeeze(c), L.activation, L.gate)
             elif t in ("maxpool", "avgpool"):
                 s = L.stride or L.kernel
-                h, w = conv_out(h, L.kernel, s, L.padding), conv_out(w, L.kernel, s, L.padding)
+                h, w = pool_out(h, L.kernel, s, L.padding, L.ceil_mode), pool_out(w, L.kernel, s, L.padding, L.ceil_mode)
             elif t in ("adaptive_avgpool", "adaptive_maxpool"):
                 h = w = L.output
             elif t == "flatten":
@@ -549,14 +686,11 @@ class CNNModel(nn.Module):
                 m = nn.Linear(flat, L.out, bias=L.bias)
                 flat = L.out
             self.mods.append(m)
+        self.out = (c, h, w, flat)
 
-    def make_inputs(self, batch: int, seq: int = 0, target_seq: int = 0, image: int = 0, device="cpu", dtype=None):
-        img = image or self.spec.image_size
-        g = torch.Generator().manual_seed(0)
-        return {"x": torch.randn(batch, self.spec.channels, img, img, generator=g).to(device=device, dtype=dtype)}
-
-    def forward(self, x, loss: bool = True):
-        for L, m in zip(self.spec.layers, self.mods):
+    def forward(self, x):
+        inp = x
+        for L, m in zip(self.layers, self.mods):
             t = L.type
             if t in ("conv",):
                 with op("conv2d"):
@@ -565,11 +699,11 @@ class CNNModel(nn.Module):
                 with op("batchnorm"):
                     x = m(x)
             elif t in ACTS:
-                x = act(t, x, inplace=(t == "relu"))
+                x = act(t, x, inplace=(t == "relu" and x is not inp))
             elif t in ("maxpool", "avgpool"):
                 with op("pool"):
                     f = F.max_pool2d if t == "maxpool" else F.avg_pool2d
-                    x = f(x, L.kernel, L.stride or L.kernel, L.padding)
+                    x = f(x, L.kernel, L.stride or L.kernel, L.padding, ceil_mode=L.ceil_mode)
             elif t in ("adaptive_avgpool", "adaptive_maxpool"):
                 with op("pool"):
                     x = (F.adaptive_avg_pool2d if t == "adaptive_avgpool" else F.adaptive_max_pool2d)(x, L.output)
@@ -580,9 +714,30 @@ class CNNModel(nn.Module):
                     x = m(x)
             elif t == "dropout":
                 x = dropout(x, L.p, self.training)
-            elif t == "resnet_stage":
+            elif t == "channel_shuffle":
+                n, c, h, w = x.shape
+                with op("concat"):
+                    x = x.view(n, L.groups, c // L.groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+            else:   # resnet_stage, residual, concat, se, layer_scale, layernorm2d: modules that attribute their ops
                 x = m(x)
-        return _sum_outputs([x])
+        return x
+
+
+class CNNModel(nn.Module):
+    """A layer list (build_cnn), torchvision semantics (in-place ReLU)."""
+
+    def __init__(self, spec: CNNSpec):
+        super().__init__()
+        self.spec = spec
+        self.net = CNNSeq(spec.layers, spec.channels, spec.image_size, spec.image_size)
+
+    def make_inputs(self, batch: int, seq: int = 0, target_seq: int = 0, image: int = 0, device="cpu", dtype=None):
+        img = image or self.spec.image_size
+        g = torch.Generator().manual_seed(0)
+        return {"x": torch.randn(batch, self.spec.channels, img, img, generator=g).to(device=device, dtype=dtype)}
+
+    def forward(self, x, loss: bool = True):
+        return _sum_outputs([self.net(x)])
 
 
 # --- RNN / MLP ----------------------------------------------------------------------

@@ -18,9 +18,7 @@ import transformers
 
 here = os.path.dirname(os.path.abspath(__file__))
 out = {"library": f"transformers {transformers.__version__}", "torch": torch.__version__, "params": {}}
-for f in sorted(glob.glob(os.path.join(here, "*.json"))):
-    if f.endswith("extra_params.json"):
-        continue
+for f in sorted(glob.glob(os.path.join(here, "*--*.json"))):   # NAME--CLASS.json (not the outputs)
     d = json.load(open(f))
     cfg = transformers.AutoConfig.for_model(**{k: v for k, v in d.items() if k != "architectures"})
     cls = getattr(transformers, d["architectures"][0])
