@@ -21,22 +21,21 @@ costs, no pydantic re-validation of specs):
 Prints one table: estimates per second (best of R runs) and the share of
 cases the engine rejected as impossible (they count: the sweep evaluated them).
 The machine's other load moves these numbers by 10-30 %: compare columns of
-one run, not runs. One run (2026-11-29, 2-core container, --repeat 5):
+one run, not runs. One run (2026-11-29, 2-core container, --repeat 3, after the
+peak-memory ledger gained the backward working set):
 
     model      grid    estimate() per call  batch sweep  batch, no fast path  new seq/image each
-    gpt2       18,492  2,136                14,427       3,267                3,358
-    bert-base  18,494  2,113                13,880       3,184                3,352
-    llama-2-7b 18,558  2,112                11,546       3,557                3,557
-    t5-base    17,701  1,761                10,876       1,340                1,388
-    resnet50   16,772  1,468                 8,786         847                  801
-    vit-b16    18,630  2,189                14,894       3,424                -
+    gpt2       16,162  3,999                 8,915       2,299                2,292
+    bert-base  16,377  4,105                 9,324       2,308                2,236
+    llama-2-7b 16,582  4,252                 8,176       2,659                2,047
+    t5-base    15,592  3,060                 6,534       1,074                1,070
+    resnet50   15,684  2,299                 5,362         615                  593
+    vit-b16    15,685  4,450                 9,594       1,927                -
 
-Before the fast path, per-call estimate() ran 940-1,800 /s on the same machine; about
-half of a call now is the catalog listing the model and hardware folders to resolve
-the names (caching that index would double it).
-A batch sweep's first two micro-batches pay for the affine model (one build
-each, the checks: ~2 ms for gpt2, ~7 ms for resnet50); resnet50's 94 ops each
-need their own roofline per case, which keeps it below 10,000 /s.
+A typical what-if grid runs well above 10,000 full training estimates per second. A batch
+sweep's first two micro-batches pay for the affine model (one build each, plus checks); after
+that every case still evaluates each op's roofline and the backward working set, which keeps
+it at 5,000-9,600 /s.
 """
 from __future__ import annotations
 

@@ -239,12 +239,23 @@ def _cnn_message(spec: CNNSpec, e) -> str:
     return e.message
 
 
+_SHAPE_OK: dict = {}
+
+
 def cnn_shape_problem(spec: CNNSpec, image: int) -> tuple[int, str] | None:
     """(top-level layer index, message) for the first layer of a CNN that
     cannot run at ``image`` x ``image`` pixels, else None; a layer nested in a
-    residual / concat block is named in the message (``body[2]: ...``)."""
+    residual / concat block is named in the message (``body[2]: ...``).
+    Remembered per (spec object, image): sweeps ask again for every case."""
+    key = (id(spec), image)
+    hit = _SHAPE_OK.get(key)
+    if hit is not None and hit is spec:
+        return None
     e = cnn_shape_error(spec, image)
     if e is None:
+        if len(_SHAPE_OK) > 512:
+            _SHAPE_OK.clear()
+        _SHAPE_OK[key] = spec          # holding the spec keeps its id from being reused
         return None
     sub = e.path[len(f"layers[{e.li}]"):].lstrip(".")
     return e.li, (f"{sub}: " if sub else "") + _cnn_message(spec, e)
