@@ -510,14 +510,12 @@ class Plan:
             runs[-1][1].append(rec)
         self.runs = [(si, tuple(recs)) for si, recs in runs]
         self.peaks = {cls: peak for cls, (peak, _) in rates.items()}
-        # the plain loops (see _times): records without the memory curve, and without k when all k = 1
+        # the plain loop (see _times): records without the memory curve
         self.plain = (self.over == 0.0 and not curves and not mcurves and self.mem_rate > 0
                       and all(type(rec[4]) is float and rec[4] > 0 and any(
                           (a + c > 0 and c >= 0) for a, c in (rec[6:8], rec[8:10], rec[10:12]))
                           for _, recs in runs for rec in recs))
-        self.plain1 = self.plain and all(rec[1] == 1.0 for _, recs in runs for rec in recs)
         self.runs_plain = [(si, tuple(rec[:5] + rec[6:] for rec in recs)) for si, recs in self.runs]
-        self.runs1 = [(si, tuple(rec[:1] + rec[2:5] + rec[6:] for rec in recs)) for si, recs in self.runs]
         return True
 
     # -- evaluation ----------------------------------------------------------------
@@ -529,34 +527,6 @@ class Plan:
         tcl, tml = [], []
         tca, tma = tcl.append, tml.append
         mr, over = self.mem_rate, self.over
-        if self.plain1:
-            # as below, every op with k = 1 (n * tf / 1 is n * tf)
-            for si, recs in self.runs1:
-                sf, sb, sr, ss = fwd[si], bwd[si], rf[si], rs[si]
-                for n, inb, qsel, cf, fa, fc, fba, fbc, ba, bc, bba, bbc in recs:
-                    tc = (fa + fc * b) / cf
-                    tm = (fba + fbc * b) / mr
-                    if tc >= tm:
-                        tf = tc
-                        tc = (ba + bc * b) / cf
-                        tm = (bba + bbc * b) / mr
-                        tb = tc if tc >= tm else tm
-                        tca(n * (tf + tb))
-                    else:
-                        tf = tm
-                        tc = (ba + bc * b) / cf
-                        tm = (bba + bbc * b) / mr
-                        tb = tc if tc >= tm else tm
-                        tma(n * (tf + tb))
-                    x = n * tf
-                    sf += x
-                    sb += n * tb
-                    if inb:
-                        sr += x
-                    if qsel:
-                        ss += x
-                fwd[si], bwd[si], rf[si], rs[si] = sf, sb, sr, ss
-            return fwd, bwd, rf, rs, tcl, tml
         if self.plain:
             # no launch overhead, no calibrated curves, positive rates, and no op whose FLOPs and
             # bytes can all be 0: ``x / rate if x else 0.0`` is ``x / rate`` (0.0 / rate = 0.0),
@@ -566,19 +536,13 @@ class Plan:
                 for n, k, inb, qsel, cf, fa, fc, fba, fbc, ba, bc, bba, bbc in recs:
                     tc = (fa + fc * b) / cf
                     tm = (fba + fbc * b) / mr
-                    if tc >= tm:
-                        tf = tc
-                        tc = (ba + bc * b) / cf
-                        tm = (bba + bbc * b) / mr
-                        tb = tc if tc >= tm else tm
-                        tca(n * (tf + tb))
-                    else:
-                        tf = tm
-                        tc = (ba + bc * b) / cf
-                        tm = (bba + bbc * b) / mr
-                        tb = tc if tc >= tm else tm
-                        tma(n * (tf + tb))
-                    x = n * tf / k
+                    cpt = tc >= tm
+                    tf = tc if cpt else tm
+                    tc = (ba + bc * b) / cf
+                    tm = (bba + bbc * b) / mr
+                    tb = tc if tc >= tm else tm
+                    (tca if cpt else tma)(n * (tf + tb))
+                    x = n * tf / k          # exact when k == 1.0
                     sf += x
                     sb += n * tb / k
                     if inb:

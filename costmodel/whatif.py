@@ -404,20 +404,20 @@ class _Resolver:
         return load_hardware(ref, self.w.hardware_dir)
 
     def spec(self, ref, over: dict, key):
-        k = (_key(ref), key)
-        s = self.models.get(k)
-        if s is None:
-            from .engine import _apply_overrides
-            s = self.models[k] = _apply_overrides(self._load_model(ref, "model"), over, "model.")
-        return s
+        return self._overridden(self.models, self._load_model, "model", ref, over, key)
 
     def hw(self, ref, over: dict, key):
+        return self._overridden(self.hws, self._load_hw, "hardware", ref, over, key)
+
+    @staticmethod
+    def _overridden(cache: dict, load, kind: str, ref, over: dict, key):
+        """The spec ``ref`` with ``over`` applied, loaded and validated once per (ref, key)."""
         k = (_key(ref), key)
-        h = self.hws.get(k)
-        if h is None:
+        obj = cache.get(k)
+        if obj is None:
             from .engine import _apply_overrides
-            h = self.hws[k] = _apply_overrides(self._load_hw(ref, "hardware"), over, "hardware.")
-        return h
+            obj = cache[k] = _apply_overrides(load(ref, kind), over, f"{kind}.")
+        return obj
 
 
 def _key(ref):
