@@ -108,10 +108,11 @@ def headline(rep) -> list[tuple[str, str]]:
             rows.append(("  decode / token", f"{fmt_time(v['decode_time_per_token_s'])}  ({v.get('decode_bound')}-bound)"))
             rows.append(("  generation total", fmt_time(v["generation_time_s"])))
     if "tokens_per_s" in v:
-        rows.append(("throughput", fmt_rate(v["tokens_per_s"], "token")))
+        label = "throughput (decode)" if v.get("decode_time_per_token_s") else "throughput"
+        rows.append((label, fmt_rate(v["tokens_per_s"], "token")))
     if "samples_per_s" in v and "tokens_per_s" not in v:
         rows.append(("throughput", fmt_rate(v["samples_per_s"], "sample")))
-    rows.append(("MFU", f"{v['mfu']:.1%}" + (f"  (HFU {v['hfu']:.1%})" if train and v.get('hfu') else "")))
+    rows.append(("MFU" if train else "MFU (forward / prefill)", f"{v['mfu']:.1%}" + (f"  (HFU {v['hfu']:.1%})" if train and v.get('hfu') else "")))
     rows.append(("arithmetic intensity", f"{v['arithmetic_intensity']:.1f} FLOP/byte"))
     if train and v.get("train_time_s"):
         rows.append(("run", ""))

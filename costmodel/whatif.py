@@ -891,6 +891,8 @@ def fmt_cell(col: str, v) -> str:
         return f"{v:,.0f} kWh" if abs(v) >= 10 else f"{v:.3g} kWh"
     if name == "bandwidth":
         return si(v, "B/s")
+    if "intensity" in name:
+        return f"{v:.1f} FLOP/B"
     if name in ("device_hours",):
         return f"{v:,.0f}"
     if isinstance(v, int):
