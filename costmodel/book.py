@@ -147,8 +147,9 @@ def _train_time(flops, peak, utilization=1.0, devices=1):
 
 
 def _kv_cache(layers, batch, kv_heads, d_head, context, bytes_per=2):
-    """2 * layers * batch * kv_heads * d_head * context * bytes."""
-    return 2.0 * layers * batch * kv_heads * d_head * context * bytes_per
+    """2 * layers * batch * kv_heads * d_head * context * bytes (memory.kv_cache_bytes)."""
+    from .memory import kv_cache_bytes
+    return kv_cache_bytes(layers, batch, kv_heads, d_head, context, bytes_per)
 
 
 def _korthikanti(s, b, h, a, layers=1, t=1, mode="none", sp=False):
@@ -172,13 +173,14 @@ def _optimizer_bytes(params, optimizer="adamw", state_bytes=4):
 def _model_state_bytes(params, precision="bf16", optimizer="adamw", zero=0, dp=1, master_weights=True,
                        fp32_grads=False):
     """weights + grads + master + optimizer states per device under ZeRO
-    (Rajbhandari et al. 2020, sec. 5.1)."""
-    from .memory import optimizer_state_bytes_per_param, state_dtypes
+    (Rajbhandari et al. 2020, sec. 5.1): the engine's memory.model_state_bytes."""
+    return sum(_state_parts(params, precision, optimizer, zero, dp, master_weights, fp32_grads).values())
+
+
+def _state_parts(params, precision, optimizer, zero, dp, master_weights, fp32_grads) -> dict:
+    from .memory import model_state_bytes, optimizer_state_bytes_per_param, state_dtypes
     d = state_dtypes(precision, master_weights, fp32_grads)
-    w = params * d["weight"] / (dp if zero >= 3 else 1)
-    g = params * d["grad"] / (dp if zero >= 2 else 1)
-    o = params * (d["master"] + optimizer_state_bytes_per_param(optimizer, d["state"])) / (dp if zero >= 1 else 1)
-    return w + g + o
+    return model_state_bytes(params, d, optimizer_state_bytes_per_param(optimizer, d["state"]), zero, dp)
 
 
 def _allreduce(nbytes, n, bandwidth):

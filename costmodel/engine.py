@@ -1327,10 +1327,11 @@ def kv_cache_bytes(spec: TransformerSpec, batch: int, ctx: int, act_bytes: int, 
     """2 (K and V) * layers * batch * kv_heads * d_head * context * bytes (MQA/GQA:
     kv_heads < heads; Shazeer 2019; Ainslie et al. 2023). Encoder-decoder: the
     decoder's self-attention cache plus the cross-attention K/V of the source."""
+    from .memory import kv_cache_bytes as kv_bytes
     layers = spec.decoder_layers if spec.structure == "encoder-decoder" else spec.layers
-    kv = 2.0 * layers * batch * spec.n_kv_heads * spec.head_dim * ctx * act_bytes
+    kv = kv_bytes(layers, batch, spec.n_kv_heads, spec.head_dim, ctx, act_bytes)
     if spec.structure == "encoder-decoder":
-        kv += 2.0 * layers * batch * spec.heads * spec.head_dim * src_len * act_bytes
+        kv += kv_bytes(layers, batch, spec.heads, spec.head_dim, src_len, act_bytes)
     return kv
 
 

@@ -72,6 +72,12 @@ def model_state_bytes(params: float, dtypes: dict, opt_bytes_per_param: float, z
             "optimizer": params * opt_bytes_per_param / n_opt}
 
 
+def kv_cache_bytes(layers: int, batch: int, kv_heads: int, d_head: int, context: int, bytes_per: float) -> float:
+    """KV cache: 2 (K and V) * layers * batch * kv_heads * d_head * context * bytes
+    (MQA/GQA: kv_heads < heads; Shazeer 2019; Ainslie et al. 2023; Pope et al. 2022)."""
+    return 2.0 * layers * batch * kv_heads * d_head * context * bytes_per
+
+
 def _numel(shape) -> int:
     n = 1
     for s in shape:

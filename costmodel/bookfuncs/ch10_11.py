@@ -109,13 +109,10 @@ def zero_state_bytes_by_part(params, precision="fp32", optimizer="adam", zero=0,
     optimizer states (and fp32 master weights), stage 2 also the gradients,
     stage 3 also the parameters). Returns weights, gradients, master,
     optimizer, total (bytes); same dtype rules as the engine (costmodel.memory)."""
-    from ..memory import optimizer_state_bytes_per_param, state_dtypes
-    d = state_dtypes(precision, master_weights, fp32_grads)
-    w = params * d["weight"] / (dp if zero >= 3 else 1)
-    g = params * d["grad"] / (dp if zero >= 2 else 1)
-    m = params * d["master"] / (dp if zero >= 1 else 1)
-    o = params * optimizer_state_bytes_per_param(optimizer, d["state"]) / (dp if zero >= 1 else 1)
-    return {"weights": w, "gradients": g, "master": m, "optimizer": o, "total": w + g + m + o}
+    from ..book import _state_parts
+    p = _state_parts(params, precision, optimizer, zero, dp, master_weights, fp32_grads)
+    return {"weights": p["weight"], "gradients": p["grad"], "master": p["master"], "optimizer": p["optimizer"],
+            "total": p["weight"] + p["grad"] + p["master"] + p["optimizer"]}
 
 
 def padding_waste(lengths, pad_to=None):
