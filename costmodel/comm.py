@@ -173,6 +173,16 @@ def _tokens_per_sample(r, spec) -> int:
     return r.seq
 
 
+def run_cost(step_s: float, steps: float, devices: int, price: float | None, tdp_watts: float,
+             utilization_power: float = 1.0, pue: float = 1.0) -> dict:
+    """Wall time, device-hours, cost (device-hours x price per device-hour) and
+    energy (device-hours x TDP x utilisation x PUE) of ``steps`` steps."""
+    t = steps * step_s
+    dh = t / 3600 * devices
+    return {"train_time_s": t, "device_hours": dh, "cost_usd": dh * price if price else None,
+            "energy_kwh": dh * tdp_watts * utilization_power * pue / 1000.0}
+
+
 def run_totals(r, step_s: float, units_per_s: float, step_model_flops: float, params: int) -> dict:
     """A whole run: steps from --tokens, --steps or --epochs; wall time,
     device-hours, cost, energy (TDP x utilisation x PUE)."""
@@ -197,11 +207,8 @@ def run_totals(r, step_s: float, units_per_s: float, step_model_flops: float, pa
     if steps is None:
         return out
     steps = math.ceil(steps - 1e-9)
-    t = steps * step_s
-    dh = t / 3600 * r.gpus
-    out.update(steps=steps, train_time_s=t, train_flops=steps * step_model_flops, device_hours=dh,
-               cost_usd=dh * price if price else None,
-               energy_kwh=dh * r.hw.tdp_watts * wl.utilization_power * wl.pue / 1000.0)
+    out.update(steps=steps, train_flops=steps * step_model_flops,
+               **run_cost(step_s, steps, r.gpus, price, r.hw.tdp_watts, wl.utilization_power, wl.pue))
     if wl.tokens or wl.dataset_tokens:
         tokens = steps * per_step_units
         out["train_tokens"] = tokens

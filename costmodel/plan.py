@@ -43,6 +43,7 @@ from typing import Any
 
 from . import engine as E
 from .catalog import load_hardware, load_model
+from .comm import run_cost
 from .errors import CostModelError, suggest
 from .specs.model import TransformerSpec, ViTSpec
 from .workload import Workload
@@ -219,16 +220,16 @@ def plan(model, hardware="a100-80gb", tokens: float | None = None, *, gpus_max: 
     for t0, n, tp, pp, dp, fl, mb in items:
         # lower bounds of this family's time and cost (for a clear verdict when nothing qualifies)
         stats["min_time_lower_bound_s"] = min(stats.get("min_time_lower_bound_s", math.inf), t0 * steps_n)
-        if unit_price:
-            stats["min_cost_lower_bound_usd"] = min(stats.get("min_cost_lower_bound_usd", math.inf),
-                                                    n * t0 * steps_n / 3600 * unit_price)
+        lb_cost = run_cost(t0, steps_n, n, unit_price, hw.tdp_watts)["cost_usd"]
+        if lb_cost is not None:
+            stats["min_cost_lower_bound_usd"] = min(stats.get("min_cost_lower_bound_usd", math.inf), lb_cost)
         if dominated(t0, n):
             stats["bounded_out"] += 1
             continue
         if deadline_s and t0 * steps_n > deadline_s:
             stats["bounded_out"] += 1
             continue
-        if budget and unit_price and n * t0 * steps_n / 3600 * unit_price > budget:
+        if budget and lb_cost is not None and lb_cost > budget:
             stats["bounded_out"] += 1
             continue
         zs = (0, 1, 2, 3) if dp > 1 else (0,)
@@ -267,10 +268,8 @@ def plan(model, hardware="a100-80gb", tokens: float | None = None, *, gpus_max: 
                 lay = Layout(gpus=n, dp=dp, tp=tp, pp=pp, zero=z, micro_batch=mb, grad_accum=r.accum,
                              recompute=mode, flash=fl, sequence_parallel=tp > 1,
                              memory_bytes=v["total_memory_bytes"], memory_capacity_bytes=v["memory_capacity_bytes"],
-                             step_time_s=st, train_time_s=st * steps_n, device_hours=st * steps_n * n / 3600,
-                             cost_usd=(st * steps_n * n / 3600 * unit_price) if unit_price else None,
-                             energy_kwh=st * steps_n * n / 3600 * hw.tdp_watts * wl0.utilization_power * wl0.pue
-                             / 1000,
+                             step_time_s=st,
+                             **run_cost(st, steps_n, n, unit_price, hw.tdp_watts, wl0.utilization_power, wl0.pue),
                              mfu=v["mfu"], tokens_per_s=v.get("tokens_per_s"), bubble_time_s=v["bubble_time_s"],
                              exposed_comm_time_s=v["exposed_comm_time_s"])
                 ok = (not deadline_s or lay.train_time_s <= deadline_s) and \
