@@ -109,7 +109,7 @@ def roofline_figure(rep, hw, path: str, top: int = 10, title: str | None = None)
     vec = {d: getattr(hw.vector, d) for d in ("fp32", "bf16", "fp16") if getattr(hw.vector, d, None)}
     xs = [p["intensity"] for p in pts]
     ys = [p["flops_per_s"] for p in pts]
-    ridge_max = max(v / bw for v in peaks.values())
+    ridge_max = max(hw.ridge_point(d) for d in dtypes)
     x_lo = 10 ** math.floor(math.log10(min(min(xs) / 2, 0.5)))
     x_hi = 10 ** math.ceil(math.log10(max(max(xs) * 3, ridge_max * 6)))
     y_hi = 10 ** math.ceil(math.log10(max(peaks.values()) * 2.5))
@@ -129,7 +129,7 @@ def roofline_figure(rep, hw, path: str, top: int = 10, title: str | None = None)
     for d, pk in peaks.items():
         groups.setdefault(pk, []).append(d)
     for pk, ds in sorted(groups.items()):
-        ridge = pk / bw
+        ridge = hw.ridge_point(ds[0])
         strong = used in ds
         col = DTYPE_COLORS.get(used if strong else ds[0], "k")
         units = {getattr(hw.peak, d).unit for d in ds}
